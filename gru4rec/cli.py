@@ -1,0 +1,63 @@
+"""The `gru4rec` command: one entry point whose subcommands live beside the code they drive.
+
+Each command module exposes `register(subparsers, common)`, adds its parser with `common` as a
+parent (so --quiet/--verbose work after the subcommand too) and sets `func` to a callable taking the
+parsed arguments. Heavy imports (torch, pandas) happen inside those callables so `--help` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from gru4rec import __version__
+from gru4rec.errors import UserError
+from gru4rec.logs import configure_logging
+
+log = logging.getLogger("gru4rec")
+
+COMMAND_MODULES = (
+    "data_prep.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("output")
+    group.add_argument("-v", "--verbose", action="count", default=0, help="show debug messages")
+    group.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors; no progress bars")
+
+    parser = argparse.ArgumentParser(
+        prog="gru4rec",
+        description=(
+            "GRU4Rec session-based recommendations: prepare click logs, train, evaluate and serve. "
+            "Run `gru4rec COMMAND --help` for each command."
+        ),
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers, common)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose, args.quiet)
+    try:
+        result = args.func(args)
+    except UserError as exc:
+        log.error("%s", exc)
+        return 2
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
