@@ -1,0 +1,1 @@
+"""Built-in parameter sets (TOML), loadable by name with `--params NAME`."""

@@ -1,0 +1,271 @@
+"""Training GRU4Rec as the reference does: session-parallel mini-batches, sampled negatives,
+one update per event, no BPTT; plus what a production user needs (validation, best epoch, resume).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from gru4rec.batching import session_parallel_steps
+from gru4rec.checkpoint import load_resume_state, read_metadata, save_checkpoint
+from gru4rec.config import HyperParams
+from gru4rec.data import ItemMap, Sessions, load_eval_data, load_training_data
+from gru4rec.errors import UserError
+from gru4rec.evaluation import ModelScorer, evaluate
+from gru4rec.logs import progress
+from gru4rec.losses import make_loss
+from gru4rec.model import GRU4Rec, Hidden
+from gru4rec.optim import make_optimizer
+from gru4rec.sampling import NegativeSampler
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto` picks CUDA when present; `cuda[:n]` fails clearly when it is not."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r}: expected auto, cpu or cuda[:n]") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name}: CUDA is not available on this machine (use cpu or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
+    elif device.type != "cpu":
+        raise UserError(f"--device {name!r}: expected auto, cpu or cuda[:n]")
+    return device
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    loss: float
+    seconds: float
+    events: int
+    events_per_s: float
+    valid: dict[str, float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+class Trainer:
+    """Holds the model, optimiser and sampler for one training run on one device."""
+
+    def __init__(
+        self,
+        params: HyperParams,
+        sessions: Sessions,
+        item_counts: np.ndarray,
+        device: torch.device,
+        seed: int = 42,
+        model: GRU4Rec | None = None,
+    ) -> None:
+        self.params = params
+        self.sessions = sessions
+        self.device = device
+        torch.manual_seed(seed)
+        if device.type == "cpu":
+            torch.set_flush_denormal(True)  # BPR-max on CPU is up to 15x slower with denormals
+        self.model = (model or GRU4Rec(len(item_counts), params)).to(device)
+        self.optimizers = make_optimizer(self.model, params.optimizer, params.learning_rate, params.momentum)
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+        counts = torch.as_tensor(item_counts, dtype=torch.float64, device=device)
+        self.sampler = NegativeSampler(counts, params.n_sample, params.sample_alpha, params.sample_cache_size, self.generator)
+        # logQ of the columns: training count for in-batch targets, count^alpha for extra samples
+        self.log_counts = torch.log(counts.clamp_min(1)).float()
+        self.loss_fn = make_loss(params.loss, logq=params.logq, elu_param=params.elu_param, bpreg=params.bpreg)
+        self.items = torch.from_numpy(sessions.items).to(device)
+
+    def train_step(self, inputs: Tensor, targets: Tensor, hidden: Hidden) -> tuple[Tensor, Hidden]:
+        """One update on one mini-batch; returns the (detached) loss and the new hidden state."""
+        sample = self.sampler.next()
+        columns = torch.cat([targets, sample])
+        hidden = self.model.step(inputs, hidden)
+        O = self.model.score(hidden, columns)
+        log_q = None
+        if self.params.loss == "cross-entropy" and self.params.logq > 0:
+            log_q = torch.cat([self.log_counts[targets], self.params.sample_alpha * self.log_counts[sample]])
+        loss = self.loss_fn(O, log_q) / self.params.batch_size
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for opt in self.optimizers:
+            opt.step()
+        return loss.detach(), [h.detach() for h in hidden]
+
+    def train_epoch(self, epoch: int) -> EpochStats:
+        self.model.train()
+        n_events = self.sessions.n_events - self.sessions.n_sessions
+        hidden = self.model.init_hidden(min(self.params.batch_size, self.sessions.n_sessions), self.device)
+        loss_sum = torch.zeros((), device=self.device)
+        n_steps = done = 0
+        start = time.perf_counter()
+        bar = progress(total=n_events, desc=f"epoch {epoch}", unit="ev")
+        for step in session_parallel_steps(self.sessions, self.params.batch_size):
+            if step.keep is not None:
+                keep = torch.from_numpy(step.keep).to(self.device)
+                hidden = [h.index_select(0, keep) for h in hidden]
+            if step.reset is not None:
+                reset = torch.from_numpy(step.reset).to(self.device)
+                for h in hidden:
+                    h.index_fill_(0, reset, 0.0)
+            pos = torch.from_numpy(step.positions).to(self.device)
+            if len(pos) + self.params.n_sample < 2:
+                continue  # a lone slot with no extra negatives has nothing to rank against
+            loss, hidden = self.train_step(self.items[pos], self.items[pos + 1], hidden)
+            loss_sum += loss
+            n_steps += 1
+            done += len(pos)
+            if n_steps % 256 == 0:
+                self._check_finite(loss_sum, epoch, done)
+                bar.set_postfix(loss=f"{loss_sum.item() / n_steps:.4f}", refresh=False)
+                bar.update(done - bar.n)
+        bar.update(done - bar.n)
+        bar.close()
+        self._check_finite(loss_sum, epoch, done)
+        seconds = time.perf_counter() - start
+        mean_loss = loss_sum.item() / max(n_steps, 1)
+        return EpochStats(epoch, mean_loss, seconds, done, done / max(seconds, 1e-9))
+
+    @staticmethod
+    def _check_finite(loss_sum: Tensor, epoch: int, events: int) -> None:
+        value = loss_sum.item()
+        if not math.isfinite(value):
+            raise UserError(
+                f"training diverged: the loss became {value} in epoch {epoch} after {events} events; "
+                "lower learning_rate (or momentum) and train again"
+            )
+
+    def optimizer_state(self) -> list[dict[str, Any]]:
+        return [opt.state_dict() for opt in self.optimizers]
+
+    def load_optimizer_state(self, states: list[dict[str, Any]]) -> None:
+        for opt, state in zip(self.optimizers, states):
+            opt.load_state_dict(state)
+
+
+def train(
+    train_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    params: HyperParams,
+    *,
+    valid_path: str | os.PathLike[str] | None = None,
+    device: str = "auto",
+    seed: int = 42,
+    metric: str = "mrr@20",
+    resume: bool = False,
+    eval_batch_size: int = 512,
+) -> list[EpochStats]:
+    """Train and write MODEL_DIR after every epoch (the best epoch's weights when validating)."""
+    out_dir = Path(out_dir)
+    dev = resolve_device(device)
+    sessions, item_map, counts, frame = load_training_data(train_path)
+    if sessions.n_sessions < params.batch_size:
+        log.warning("only %d sessions, fewer than batch_size=%d: the batch is smaller", sessions.n_sessions, params.batch_size)
+    valid = None
+    if valid_path is not None:
+        valid_sessions, n_unknown = load_eval_data(valid_path, item_map)
+        valid = (valid_sessions, n_unknown)
+        _check_metric(metric)
+    summary = {
+        "train_file": str(train_path),
+        "valid_file": str(valid_path) if valid_path else None,
+        "events": int(sessions.n_events),
+        "sessions": int(sessions.n_sessions),
+        "items": len(item_map),
+        "time_span": [float(frame["Time"].min()), float(frame["Time"].max())],
+        "device": str(dev),
+        "seed": seed,
+        "selection_metric": metric if valid else None,
+    }
+    trainer = Trainer(params, sessions, counts, dev, seed)
+    history: list[EpochStats] = []
+    best: tuple[float, int, dict[str, Tensor]] | None = None
+    first_epoch = 1
+    if resume:
+        first_epoch, history, best = _resume(trainer, out_dir, params, item_map, dev)
+    log.info(
+        "training %s on %s: %d events, %d sessions, %d items, %s",
+        params.loss, dev, sessions.n_events, sessions.n_sessions, len(item_map), params,
+    )
+    for epoch in range(first_epoch, params.n_epochs + 1):
+        stats = trainer.train_epoch(epoch)
+        if valid is not None:
+            trainer.model.eval()
+            result = evaluate(ModelScorer(trainer.model), valid[0], ties="conservative", batch_size=eval_batch_size, device=dev, n_unknown=valid[1])
+            stats.valid = result.metrics
+            value = result.metrics[metric]
+            if best is None or value > best[0]:
+                best = (value, epoch, copy.deepcopy(trainer.model.state_dict()))
+        history.append(stats)
+        log.info(
+            "epoch %d/%d: loss %.4f, %.1f s, %.0f events/s%s",
+            epoch, params.n_epochs, stats.loss, stats.seconds, stats.events_per_s,
+            f", {metric} {stats.valid[metric]:.4f}" if stats.valid else "",
+        )
+        complete = epoch == params.n_epochs
+        training = {**summary, "epochs": [s.to_dict() for s in history], "complete": complete}
+        if best is not None:
+            training["best_epoch"] = best[1]
+            training["best_" + metric] = best[0]
+        resume_state = None
+        if not complete:
+            resume_state = {
+                "epoch": epoch,
+                "weights": trainer.model.state_dict(),
+                "optimizers": trainer.optimizer_state(),
+                "generator": trainer.generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "best_value": best[0] if best else float("nan"),
+                "best_epoch": best[1] if best else 0,
+            }
+        save_checkpoint(
+            out_dir, trainer.model, item_map, counts, training,
+            state_dict=best[2] if best is not None else None, resume_state=resume_state,
+        )
+    return history
+
+
+def _check_metric(metric: str) -> None:
+    name, _, k = metric.partition("@")
+    if name not in ("recall", "mrr") or not k.isdigit() or int(k) < 1:
+        raise UserError(f"--metric {metric!r}: expected recall@K or mrr@K, e.g. mrr@20")
+
+
+def _resume(trainer: Trainer, out_dir: Path, params: HyperParams, item_map: ItemMap, dev: torch.device):
+    """Restore the last finished epoch of an interrupted run in out_dir."""
+    metadata = read_metadata(out_dir)
+    state = load_resume_state(out_dir, dev)
+    if state is None:
+        raise UserError(f"{out_dir}: nothing to resume (the run there finished, or never wrote an epoch)")
+    if metadata["hyperparameters"] != params.to_dict():
+        raise UserError(f"{out_dir}: was trained with other parameters; resume with the same --params/--set")
+    if list(metadata["item_ids"]) != [str(i) for i in item_map.ids]:
+        raise UserError(f"{out_dir}: was trained on another training file; resume with the same TRAIN")
+    trainer.model.load_state_dict(state["weights"])
+    trainer.load_optimizer_state(state["optimizers"])
+    trainer.generator.set_state(state["generator"].cpu() if dev.type == "cpu" else state["generator"].cpu())
+    torch.set_rng_state(state["torch_rng"].cpu())
+    history = [EpochStats(**e) for e in metadata["training"]["epochs"]]
+    best = None
+    if state["best_epoch"]:
+        best_weights = torch.load(out_dir / "model.pt", map_location=dev, weights_only=True)
+        best = (float(state["best_value"]), int(state["best_epoch"]), best_weights)
+    log.info("resuming %s after epoch %d", out_dir, state["epoch"])
+    return int(state["epoch"]) + 1, history, best
