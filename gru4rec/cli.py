@@ -19,7 +19,9 @@ from gru4rec.logs import configure_logging
 log = logging.getLogger("gru4rec")
 
 COMMAND_MODULES = (
-    "data_prep.cli",
+    "gru4rec.train_command",
+    "gru4rec.evaluate_command",
+    "data_prep.prepare_command",
 )
 
 

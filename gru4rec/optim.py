@@ -3,7 +3,7 @@
     acc += g^2;   step = -lr * g / sqrt(acc + eps);   mom = momentum * mom + step;   w += mom
 
 Sparse gradients (item embedding rows) touch only their rows: duplicate ids of a step are summed
-first (coalesce), then accumulator, momentum and weights are updated for those rows alone.
+first, then accumulator, momentum and weights are updated for those rows alone.
 """
 
 from __future__ import annotations
@@ -38,15 +38,7 @@ class AdagradMomentum(torch.optim.Optimizer):
                 state = self._state(p, momentum)
                 grad = p.grad
                 if grad.is_sparse:
-                    grad = grad.coalesce()
-                    rows, values = grad.indices()[0], grad.values()
-                    acc = state["acc"].index_select(0, rows).addcmul_(values, values)
-                    state["acc"].index_copy_(0, rows, acc)
-                    update = values.div(acc.add_(eps).sqrt_()).mul_(-lr)
-                    if momentum > 0:
-                        update = state["mom"].index_select(0, rows).mul_(momentum).add_(update)
-                        state["mom"].index_copy_(0, rows, update)
-                    p.index_add_(0, rows, update)
+                    self._sparse_step(p, grad, state, lr, momentum, eps)
                 else:
                     acc = state["acc"].addcmul_(grad, grad)
                     update = grad.div(acc.add(eps).sqrt_()).mul_(-lr)
@@ -54,6 +46,25 @@ class AdagradMomentum(torch.optim.Optimizer):
                         update = state["mom"].mul_(momentum).add_(update)
                     p.add_(update)
         return None
+
+    @staticmethod
+    def _sparse_step(p: Tensor, grad: Tensor, state: dict, lr: float, momentum: float, eps: float) -> None:
+        """Row-sparse update without sorting: duplicate rows are summed through a zeroed scratch
+        buffer, every copy of a row then computes the same new value, so index_copy_ is exact."""
+        rows, values = grad._indices()[0], grad._values()
+        if "scratch" not in state:
+            state["scratch"] = torch.zeros_like(p)
+        scratch = state["scratch"]
+        scratch.index_add_(0, rows, values)
+        g = scratch.index_select(0, rows)
+        scratch.index_fill_(0, rows, 0.0)
+        acc = state["acc"].index_select(0, rows).addcmul_(g, g)
+        state["acc"].index_copy_(0, rows, acc)
+        update = g.div_(acc.add_(eps).sqrt_()).mul_(-lr)
+        if momentum > 0:
+            update = state["mom"].index_select(0, rows).mul_(momentum).add_(update)
+            state["mom"].index_copy_(0, rows, update)
+        p.index_copy_(0, rows, p.index_select(0, rows).add_(update))
 
 
 def make_optimizer(model: torch.nn.Module, name: str, lr: float, momentum: float) -> list[torch.optim.Optimizer]:
