@@ -8,7 +8,7 @@ first, then accumulator, momentum and weights are updated for those rows alone.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -19,52 +19,62 @@ class AdagradMomentum(torch.optim.Optimizer):
         if lr <= 0:
             raise ValueError("lr must be positive")
         super().__init__(params, dict(lr=lr, momentum=momentum, eps=eps))
+        self.lr, self.momentum, self.eps = lr, momentum, eps
 
-    def _state(self, p: Tensor, momentum: float) -> dict:
+    def _state(self, p: Tensor) -> dict:
         state = self.state[p]
         if "acc" not in state:
             state["acc"] = torch.zeros_like(p)
-            if momentum > 0:
+            if self.momentum > 0:
                 state["mom"] = torch.zeros_like(p)
         return state
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D102 - torch API
+        dense_params, dense_grads = [], []
         for group in self.param_groups:
-            lr, momentum, eps = group["lr"], group["momentum"], group["eps"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                state = self._state(p, momentum)
-                grad = p.grad
-                if grad.is_sparse:
-                    self._sparse_step(p, grad, state, lr, momentum, eps)
+                if p.grad.is_sparse:
+                    self.sparse_update(p, p.grad._indices()[0], p.grad._values())
                 else:
-                    acc = state["acc"].addcmul_(grad, grad)
-                    update = grad.div(acc.add(eps).sqrt_()).mul_(-lr)
-                    if momentum > 0:
-                        update = state["mom"].mul_(momentum).add_(update)
-                    p.add_(update)
+                    dense_params.append(p)
+                    dense_grads.append(p.grad)
+        if dense_params:
+            self.dense_update(dense_params, dense_grads)
         return None
 
-    @staticmethod
-    def _sparse_step(p: Tensor, grad: Tensor, state: dict, lr: float, momentum: float, eps: float) -> None:
-        """Row-sparse update without sorting: duplicate rows are summed through a zeroed scratch
-        buffer, every copy of a row then computes the same new value, so index_copy_ is exact."""
-        rows, values = grad._indices()[0], grad._values()
-        if "scratch" not in state:
-            state["scratch"] = torch.zeros_like(p)
-        scratch = state["scratch"]
-        scratch.index_add_(0, rows, values)
-        g = scratch.index_select(0, rows)
-        scratch.index_fill_(0, rows, 0.0)
-        acc = state["acc"].index_select(0, rows).addcmul_(g, g)
-        state["acc"].index_copy_(0, rows, acc)
-        update = g.div_(acc.add_(eps).sqrt_()).mul_(-lr)
-        if momentum > 0:
-            update = state["mom"].index_select(0, rows).mul_(momentum).add_(update)
-            state["mom"].index_copy_(0, rows, update)
-        p.index_copy_(0, rows, p.index_select(0, rows).add_(update))
+    @torch.no_grad()
+    def dense_update(self, params: Sequence[Tensor], grads: Sequence[Tensor]) -> None:
+        """Update whole tensors, all at once with the multi-tensor (_foreach) kernels."""
+        states = [self._state(p) for p in params]
+        accs = [s["acc"] for s in states]
+        torch._foreach_addcmul_(accs, grads, grads)
+        denom = torch._foreach_add(accs, self.eps)
+        torch._foreach_sqrt_(denom)
+        update = torch._foreach_div(grads, denom)
+        torch._foreach_mul_(update, -self.lr)
+        if self.momentum > 0:
+            moms = [s["mom"] for s in states]
+            torch._foreach_mul_(moms, self.momentum)
+            torch._foreach_add_(moms, update)
+            update = moms
+        torch._foreach_add_(list(params), update)
+
+    @torch.no_grad()
+    def sparse_update(self, p: Tensor, rows: Tensor, values: Tensor) -> None:
+        """Update rows `rows` of p by gradient rows `values`; repeated rows are summed first."""
+        state = self._state(p)
+        unique, inverse = torch.unique(rows, return_inverse=True)
+        g = torch.zeros(len(unique), *p.shape[1:], dtype=p.dtype, device=p.device).index_add_(0, inverse, values)
+        acc = state["acc"].index_select(0, unique).addcmul_(g, g)
+        state["acc"].index_copy_(0, unique, acc)
+        update = g.div_(acc.add_(self.eps).sqrt_()).mul_(-self.lr)
+        if self.momentum > 0:
+            update = state["mom"].index_select(0, unique).mul_(self.momentum).add_(update)
+            state["mom"].index_copy_(0, unique, update)
+        p.index_add_(0, unique, update)
 
 
 def make_optimizer(model: torch.nn.Module, name: str, lr: float, momentum: float) -> list[torch.optim.Optimizer]:

@@ -35,6 +35,11 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=42, help="random seed (weights, dropout, negative samples)")
     p.add_argument("--metric", default="mrr@20", help="validation metric that picks the best epoch (recall@K or mrr@K)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in MODEL_DIR from its last finished epoch")
+    p.add_argument(
+        "--step", choices=["auto", "fused", "eager"], default="auto",
+        help="training step implementation: fused (hand-written forward/backward, fast on CPU), eager "
+        "(autograd, the reference for correctness) or auto (fused where supported)",
+    )
     p.add_argument("--eval-batch-size", type=int, default=512, help="sessions evaluated at once during validation")
     p.set_defaults(func=run)
 
@@ -47,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     history = train(
         args.train, args.out, params,
         valid_path=args.valid, device=args.device, seed=args.seed, metric=args.metric,
-        resume=args.resume, eval_batch_size=args.eval_batch_size,
+        resume=args.resume, eval_batch_size=args.eval_batch_size, step=args.step,
     )
     last = history[-1] if history else None
     if last is not None:

@@ -23,6 +23,7 @@ from gru4rec.config import HyperParams
 from gru4rec.data import ItemMap, Sessions, load_eval_data, load_training_data
 from gru4rec.errors import UserError
 from gru4rec.evaluation import ModelScorer, evaluate
+from gru4rec.fused import FusedStep, supports
 from gru4rec.logs import progress
 from gru4rec.losses import make_loss
 from gru4rec.model import GRU4Rec, Hidden
@@ -74,6 +75,7 @@ class Trainer:
         device: torch.device,
         seed: int = 42,
         model: GRU4Rec | None = None,
+        step: str = "auto",
     ) -> None:
         self.params = params
         self.sessions = sessions
@@ -91,16 +93,30 @@ class Trainer:
         self.log_counts = torch.log(counts.clamp_min(1)).float()
         self.loss_fn = make_loss(params.loss, logq=params.logq, elu_param=params.elu_param, bpreg=params.bpreg)
         self.items = torch.from_numpy(sessions.items).to(device)
+        fusable = len(self.optimizers) == 1 and supports(self.model, self.optimizers[0])
+        if step == "fused" and not fusable:
+            raise UserError(
+                "--step fused supports the shared and separate embedding modes with the adagrad optimizer; "
+                "use --step auto or eager"
+            )
+        if step not in ("auto", "fused", "eager"):
+            raise UserError(f"--step {step!r}: expected auto, fused or eager")
+        self.fused = (
+            FusedStep(self.model, self.optimizers[0], params.loss, self.loss_fn, params.logq)
+            if fusable and step != "eager" else None
+        )
 
     def train_step(self, inputs: Tensor, targets: Tensor, hidden: Hidden) -> tuple[Tensor, Hidden]:
         """One update on one mini-batch; returns the (detached) loss and the new hidden state."""
         sample = self.sampler.next()
         columns = torch.cat([targets, sample])
-        hidden = self.model.step(inputs, hidden)
-        O = self.model.score(hidden, columns)
         log_q = None
         if self.params.loss == "cross-entropy" and self.params.logq > 0:
             log_q = torch.cat([self.log_counts[targets], self.params.sample_alpha * self.log_counts[sample]])
+        if self.fused is not None:
+            return self.fused(inputs, columns, hidden, log_q)
+        hidden = self.model.step(inputs, hidden)
+        O = self.model.score(hidden, columns)
         loss = self.loss_fn(O, log_q) / self.params.batch_size
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
@@ -171,6 +187,7 @@ def train(
     metric: str = "mrr@20",
     resume: bool = False,
     eval_batch_size: int = 512,
+    step: str = "auto",
 ) -> list[EpochStats]:
     """Train and write MODEL_DIR after every epoch (the best epoch's weights when validating)."""
     out_dir = Path(out_dir)
@@ -194,7 +211,7 @@ def train(
         "seed": seed,
         "selection_metric": metric if valid else None,
     }
-    trainer = Trainer(params, sessions, counts, dev, seed)
+    trainer = Trainer(params, sessions, counts, dev, seed, step=step)
     history: list[EpochStats] = []
     best: tuple[float, int, dict[str, Tensor]] | None = None
     first_epoch = 1
