@@ -20,8 +20,10 @@ test: setup
 	$(PY) -m pytest -q
 
 demo: setup
-	$(VENV)/bin/gru4rec synth --events 200000 --items 3000 --seed 7 --format yoochoose --out $(DEMO)/clicks.dat
+	$(VENV)/bin/gru4rec synth --events 300000 --items 5000 --seed 7 --format yoochoose --out $(DEMO)/clicks.dat
 	$(VENV)/bin/gru4rec prepare $(DEMO)/clicks.dat --format yoochoose --out $(DEMO)/prepared
+	$(VENV)/bin/gru4rec train $(DEMO)/prepared/train_full.tsv --params rsc15-xe --set n_epochs=3 --out $(DEMO)/model
+	$(VENV)/bin/gru4rec evaluate $(DEMO)/model $(DEMO)/prepared/test.tsv --cutoffs 1 5 10 20 --json $(DEMO)/evaluation.json
 
 clean:
 	rm -rf $(DEMO) build *.egg-info
