@@ -57,14 +57,16 @@ class FusedStep:
         b = len(inputs)
         Wy, By = model.Wy.weight, model.By.weight
         shared = model.E is None
+        # Work on each distinct item row once: the sampled columns repeat popular items many times.
+        # Scores are computed per distinct row and then expanded to the B + n_sample columns.
+        rows, inverse = torch.unique(torch.cat([inputs, columns]) if shared else columns, return_inverse=True)
+        col_of = inverse[b:] if shared else inverse
+        W_rows = Wy.index_select(0, rows)
+        b_rows = By.index_select(0, rows).squeeze(1)
         if shared:
-            rows = torch.cat([inputs, columns])
-            W_rows = Wy.index_select(0, rows)
-            x, W_cols = W_rows[:b], W_rows[b:]
+            x = W_rows.index_select(0, inverse[:b])
         else:
             x = model.E.weight.index_select(0, inputs)
-            W_cols = Wy.index_select(0, columns)
-        b_cols = By.index_select(0, columns).squeeze(1)
 
         # forward, keeping what the backward pass needs
         embed_mask = _dropout_mask(x, self.p_embed)
@@ -87,15 +89,16 @@ class FusedStep:
             saved.append((x, h, rz, n, gh_n, mask))
             new_hidden.append(out)
             x = out
-        O = torch.addmm(b_cols.unsqueeze(0), x, W_cols.t())
+        O = torch.addmm(b_rows.unsqueeze(0), x, W_rows.t()).index_select(1, col_of)
 
         # loss and its gradient with respect to the score matrix
         dO, loss = self._loss_grad(O, log_q)
 
-        # backward through the output layer
-        dx = dO @ W_cols
-        dW_cols = dO.t() @ x
-        db_cols = dO.sum(dim=0, keepdim=True).t()
+        # backward through the output layer (column gradients summed per distinct row)
+        dO_rows = torch.zeros(b, len(rows), dtype=dO.dtype, device=dO.device).index_add_(1, col_of, dO)
+        dx = dO_rows @ W_rows
+        dW_rows = dO_rows.t() @ x
+        db_rows = dO_rows.sum(dim=0).unsqueeze(1)
         # backward through the GRU layers, last first
         dense_grads: list[Tensor] = []
         for cell, (x_in, h, rz, n, gh_n, mask) in zip(reversed(model.cells), reversed(saved)):
@@ -112,14 +115,20 @@ class FusedStep:
         if embed_mask is not None:
             dx = dx * embed_mask
 
-        # update
+        # update: only rows the reference touches (the bias of an item that was only an input is not)
         self.opt.dense_update(self.dense, dense_grads)
         if shared:
-            self.opt.sparse_update(Wy, rows, torch.cat([dx, dW_cols]))
+            dW_rows.index_add_(0, inverse[:b], dx)
         else:
             self.opt.sparse_update(model.E.weight, inputs, dx)
-            self.opt.sparse_update(Wy, columns, dW_cols)
-        self.opt.sparse_update(By, columns, db_cols)
+        self.opt.unique_rows_update(Wy, rows, dW_rows)
+        if shared:
+            is_column = torch.zeros(len(rows), dtype=torch.bool, device=rows.device)
+            is_column[col_of] = True
+            keep = is_column.nonzero().squeeze(1)
+            self.opt.unique_rows_update(By, rows.index_select(0, keep), db_rows.index_select(0, keep))
+        else:
+            self.opt.unique_rows_update(By, rows, db_rows)
         return loss, new_hidden
 
     def _loss_grad(self, O: Tensor, log_q: Tensor | None) -> tuple[Tensor, Tensor]:

@@ -65,16 +65,21 @@ class AdagradMomentum(torch.optim.Optimizer):
     @torch.no_grad()
     def sparse_update(self, p: Tensor, rows: Tensor, values: Tensor) -> None:
         """Update rows `rows` of p by gradient rows `values`; repeated rows are summed first."""
-        state = self._state(p)
         unique, inverse = torch.unique(rows, return_inverse=True)
-        g = torch.zeros(len(unique), *p.shape[1:], dtype=p.dtype, device=p.device).index_add_(0, inverse, values)
-        acc = state["acc"].index_select(0, unique).addcmul_(g, g)
-        state["acc"].index_copy_(0, unique, acc)
-        update = g.div_(acc.add_(self.eps).sqrt_()).mul_(-self.lr)
+        grad = torch.zeros(len(unique), *p.shape[1:], dtype=p.dtype, device=p.device).index_add_(0, inverse, values)
+        self.unique_rows_update(p, unique, grad)
+
+    @torch.no_grad()
+    def unique_rows_update(self, p: Tensor, rows: Tensor, grad: Tensor) -> None:
+        """Update rows `rows` (no repeats) of p by their summed gradient `grad` (consumed)."""
+        state = self._state(p)
+        acc = state["acc"].index_select(0, rows).addcmul_(grad, grad)
+        state["acc"].index_copy_(0, rows, acc)
+        update = grad.div_(acc.add_(self.eps).sqrt_()).mul_(-self.lr)
         if self.momentum > 0:
-            update = state["mom"].index_select(0, unique).mul_(self.momentum).add_(update)
-            state["mom"].index_copy_(0, unique, update)
-        p.index_add_(0, unique, update)
+            update = state["mom"].index_select(0, rows).mul_(self.momentum).add_(update)
+            state["mom"].index_copy_(0, rows, update)
+        p.index_add_(0, rows, update)
 
 
 def make_optimizer(model: torch.nn.Module, name: str, lr: float, momentum: float) -> list[torch.optim.Optimizer]:
