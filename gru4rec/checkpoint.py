@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import platform
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,6 +34,7 @@ FORMAT_VERSION = 1
 MODEL_FILE = "model.pt"
 METADATA_FILE = "metadata.json"
 RESUME_FILE = "resume.pt"
+REQUIRED_METADATA = ("hyperparameters", "item_ids", "item_counts")
 
 
 @dataclass
@@ -109,7 +111,15 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"{path}: model format version {version!r}, this gru4rec reads version {FORMAT_VERSION}; "
             "retrain the model or use the gru4rec release that wrote it"
         )
+    missing = [k for k in REQUIRED_METADATA if k not in metadata]
+    if missing:
+        raise UserError(f"{meta_path}: incomplete metadata, missing {', '.join(missing)}")
     return metadata
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Checkpoint:
@@ -121,8 +131,9 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
     try:
         state = torch.load(path / MODEL_FILE, map_location=device, weights_only=True)
         model.load_state_dict(state)
-    except (RuntimeError, OSError, EOFError) as exc:
-        raise UserError(f"{path / MODEL_FILE}: cannot load weights ({exc})") from None
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as exc:
+        # a truncated or foreign file: torch.load raises UnpicklingError for non-torch bytes
+        raise UserError(f"{path / MODEL_FILE}: cannot load weights ({_first_line(exc)})") from None
     model.to(device).eval()
     counts = np.asarray(metadata["item_counts"], dtype=np.int64)
     return Checkpoint(model, item_map, counts, metadata)
@@ -132,4 +143,7 @@ def load_resume_state(path: str | os.PathLike[str], device: str | torch.device =
     file = Path(path) / RESUME_FILE
     if not file.exists():
         return None
-    return torch.load(file, map_location=device, weights_only=True)
+    try:
+        return torch.load(file, map_location=device, weights_only=True)
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as exc:
+        raise UserError(f"{file}: cannot load the resume state ({_first_line(exc)})") from None

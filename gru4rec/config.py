@@ -142,7 +142,12 @@ def _strict_int(value: Any) -> int:
 
 
 def builtin_names() -> list[str]:
-    return sorted(p.name[: -len(".toml")] for p in resources.files("gru4rec.params").iterdir() if p.name.endswith(".toml"))
+    """Built-in parameter sets (gru4rec/params/*.toml; *.space.toml are tuning search spaces, not sets)."""
+    return sorted(
+        p.name[: -len(".toml")]
+        for p in resources.files("gru4rec.params").iterdir()
+        if p.name.endswith(".toml") and not p.name.endswith(".space.toml")
+    )
 
 
 def load_params(name_or_file: str | None = None, overrides: list[str] | None = None) -> HyperParams:
