@@ -3,8 +3,10 @@
     MODEL_DIR/model.pt        state_dict of GRU4Rec (no pickled objects, no sample buffer)
     MODEL_DIR/metadata.json   format version, hyper-parameters, item id map and training counts,
                               library versions, training data summary and per-epoch history
-    MODEL_DIR/resume.pt       only while training is unfinished: last weights, optimiser state,
-                              RNG state and progress, for `gru4rec train --resume`
+    MODEL_DIR/optimizer.pt    the optimiser state after the last epoch (tensors only), so that
+                              `--resume` and warm starts (`--init-from`) continue training
+    MODEL_DIR/resume.pt       only while training is unfinished: last weights, RNG state and
+                              progress, for `gru4rec train --resume`
 
 A directory is always written whole and atomically.
 """
@@ -34,6 +36,7 @@ FORMAT_VERSION = 1
 MODEL_FILE = "model.pt"
 METADATA_FILE = "metadata.json"
 RESUME_FILE = "resume.pt"
+OPTIMIZER_FILE = "optimizer.pt"
 REQUIRED_METADATA = ("hyperparameters", "item_ids", "item_counts")
 
 
@@ -72,6 +75,7 @@ def save_checkpoint(
     *,
     state_dict: dict[str, torch.Tensor] | None = None,
     resume_state: dict[str, Any] | None = None,
+    optimizer_state: list[dict[str, Any]] | None = None,
 ) -> None:
     """Write the directory atomically; `state_dict` overrides the model's (e.g. the best epoch's)."""
     weights = {k: v.detach().cpu().contiguous() for k, v in (state_dict or model.state_dict()).items()}
@@ -91,6 +95,8 @@ def save_checkpoint(
         torch.save(weights, tmp / MODEL_FILE)
         if resume_state is not None:
             torch.save(resume_state, tmp / RESUME_FILE)
+        if optimizer_state is not None:
+            torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=1))
 
 
@@ -140,10 +146,17 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
 
 
 def load_resume_state(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> dict[str, Any] | None:
-    file = Path(path) / RESUME_FILE
+    return _load_optional(Path(path) / RESUME_FILE, device, "the resume state")
+
+
+def load_optimizer_state(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> list[dict[str, Any]] | None:
+    return _load_optional(Path(path) / OPTIMIZER_FILE, device, "the optimiser state")
+
+
+def _load_optional(file: Path, device: str | torch.device, what: str) -> Any:
     if not file.exists():
         return None
     try:
         return torch.load(file, map_location=device, weights_only=True)
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as exc:
-        raise UserError(f"{file}: cannot load the resume state ({_first_line(exc)})") from None
+        raise UserError(f"{file}: cannot load {what} ({_first_line(exc)})") from None

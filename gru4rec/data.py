@@ -93,10 +93,23 @@ def to_sessions(df: pd.DataFrame, item_map: ItemMap) -> tuple[Sessions, int]:
     return Sessions(idx, offsets, sess[starts]), n_unknown
 
 
-def load_training_data(path: str | os.PathLike[str]) -> tuple[Sessions, ItemMap, np.ndarray, pd.DataFrame]:
-    """Read a training file; returns sessions, the item map, item counts and the ordered frame."""
+def extend_item_map(base: ItemMap, df: pd.DataFrame, keep_vanished: bool = True) -> ItemMap:
+    """A warm start's items: the base model's (all, or those still in df), then df's new items."""
+    present = pd.unique(df["ItemId"])
+    old = base.ids if keep_vanished else base.ids[pd.Index(base.ids).isin(present)]
+    new = present[~pd.Index(present).isin(base.ids)]
+    return ItemMap.from_ids(np.concatenate([old, new]))
+
+
+def load_training_data(
+    path: str | os.PathLike[str], base_items: ItemMap | None = None, keep_vanished: bool = True
+) -> tuple[Sessions, ItemMap, np.ndarray, pd.DataFrame]:
+    """Read a training file; returns sessions, the item map, item counts and the ordered frame.
+
+    With `base_items` (a warm start) the map extends the base model's items instead of starting anew.
+    """
     df = order_events(read_session_file(path))
-    item_map = build_item_map(df)
+    item_map = build_item_map(df) if base_items is None else extend_item_map(base_items, df, keep_vanished)
     sessions, _ = to_sessions(df, item_map)
     if sessions.n_events - sessions.n_sessions < 1:
         raise UserError(f"{path}: no session has two or more events, nothing to learn from")

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from gru4rec.losses import EPS, LossFn
 from gru4rec.model import GRU4Rec, Hidden
-from gru4rec.optim import AdagradMomentum
+from gru4rec.optim import AdagradMomentum, Gradients
 
 
 def supports(model: GRU4Rec, optimizer: torch.optim.Optimizer) -> bool:
@@ -53,6 +53,15 @@ class FusedStep:
     @torch.no_grad()
     def __call__(self, inputs: Tensor, columns: Tensor, hidden: Hidden, log_q: Tensor | None = None) -> tuple[Tensor, Hidden]:
         """Train on one mini-batch whose targets are columns[:B]; returns (loss, new hidden)."""
+        loss, hidden, grads = self.gradients(inputs, columns, hidden, log_q)
+        self.opt.apply(grads)
+        return loss, hidden
+
+    @torch.no_grad()
+    def gradients(
+        self, inputs: Tensor, columns: Tensor, hidden: Hidden, log_q: Tensor | None = None
+    ) -> tuple[Tensor, Hidden, Gradients]:
+        """Forward and backward for one mini-batch: (loss, new hidden, gradients by hand)."""
         model = self.model
         b = len(inputs)
         Wy, By = model.Wy.weight, model.By.weight
@@ -115,21 +124,20 @@ class FusedStep:
         if embed_mask is not None:
             dx = dx * embed_mask
 
-        # update: only rows the reference touches (the bias of an item that was only an input is not)
-        self.opt.dense_update(self.dense, dense_grads)
+        # rows the reference touches: the bias of an item that was only an input is not touched
+        grads = Gradients(dense=list(zip(self.dense, dense_grads)), unique=True)
         if shared:
             dW_rows.index_add_(0, inverse[:b], dx)
-        else:
-            self.opt.sparse_update(model.E.weight, inputs, dx)
-        self.opt.unique_rows_update(Wy, rows, dW_rows)
-        if shared:
+            grads.sparse.append((Wy, rows, dW_rows))
             is_column = torch.zeros(len(rows), dtype=torch.bool, device=rows.device)
             is_column[col_of] = True
             keep = is_column.nonzero().squeeze(1)
-            self.opt.unique_rows_update(By, rows.index_select(0, keep), db_rows.index_select(0, keep))
+            grads.sparse.append((By, rows.index_select(0, keep), db_rows.index_select(0, keep)))
         else:
-            self.opt.unique_rows_update(By, rows, db_rows)
-        return loss, new_hidden
+            E_rows, E_inverse = torch.unique(inputs, return_inverse=True)
+            dE = torch.zeros(len(E_rows), dx.shape[1], dtype=dx.dtype, device=dx.device).index_add_(0, E_inverse, dx)
+            grads.sparse += [(model.E.weight, E_rows, dE), (Wy, rows, dW_rows), (By, rows, db_rows)]
+        return loss, new_hidden, grads
 
     def _loss_grad(self, O: Tensor, log_q: Tensor | None) -> tuple[Tensor, Tensor]:
         scale = 1.0 / self.batch_size

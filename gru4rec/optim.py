@@ -9,9 +9,23 @@ first, then accumulator, momentum and weights are updated for those rows alone.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+
+
+@dataclass
+class Gradients:
+    """One step's gradients, kept apart from the update so they can be reduced across ranks first.
+
+    dense:  (parameter, gradient) pairs.
+    sparse: (parameter, rows, row gradients); `unique` says the rows do not repeat.
+    """
+
+    dense: list[tuple[Tensor, Tensor]] = field(default_factory=list)
+    sparse: list[tuple[Tensor, Tensor, Tensor]] = field(default_factory=list)
+    unique: bool = False
 
 
 class AdagradMomentum(torch.optim.Optimizer):
@@ -44,6 +58,17 @@ class AdagradMomentum(torch.optim.Optimizer):
         if dense_params:
             self.dense_update(dense_params, dense_grads)
         return None
+
+    @torch.no_grad()
+    def apply(self, grads: Gradients) -> None:
+        """The update for a step whose gradients were collected (and maybe reduced) beforehand."""
+        if grads.dense:
+            self.dense_update([p for p, _ in grads.dense], [g for _, g in grads.dense])
+        for p, rows, values in grads.sparse:
+            if grads.unique:
+                self.unique_rows_update(p, rows, values)
+            else:
+                self.sparse_update(p, rows, values)
 
     @torch.no_grad()
     def dense_update(self, params: Sequence[Tensor], grads: Sequence[Tensor]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def register(subparsers, common: argparse.ArgumentParser) -> None:
@@ -40,6 +41,20 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
         help="training step implementation: fused (hand-written forward/backward, fast on CPU), eager "
         "(autograd, the reference for correctness) or auto (fused where supported)",
     )
+    p.add_argument(
+        "--distributed", action="store_true",
+        help="data-parallel training as one rank of a torchrun job (gloo on CPU, NCCL on CUDA): "
+        "torchrun --nproc_per_node N -m gru4rec.cli train ... --distributed",
+    )
+    p.add_argument(
+        "--init-from", metavar="MODEL_DIR",
+        help="warm start: continue from this trained model on a newer TRAIN; known items keep their "
+        "learned rows, new items get fresh ones (same layers/embedding required)",
+    )
+    p.add_argument(
+        "--drop-vanished-items", action="store_true",
+        help="with --init-from: drop items that no longer occur in TRAIN (default: keep them)",
+    )
     p.add_argument("--eval-batch-size", type=int, default=512, help="sessions evaluated at once during validation")
     p.set_defaults(func=run)
 
@@ -53,8 +68,9 @@ def run(args: argparse.Namespace) -> int:
         args.train, args.out, params,
         valid_path=args.valid, device=args.device, seed=args.seed, metric=args.metric,
         resume=args.resume, eval_batch_size=args.eval_batch_size, step=args.step,
+        distributed=args.distributed, init_from=args.init_from, keep_vanished_items=not args.drop_vanished_items,
     )
     last = history[-1] if history else None
-    if last is not None:
+    if last is not None and int(os.environ.get("RANK", "0")) == 0:
         print(f"trained {len(history)} epoch(s); last: loss {last.loss:.4f}, {last.events_per_s:,.0f} events/s -> {args.out}")
     return 0

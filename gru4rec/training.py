@@ -17,8 +17,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from gru4rec import distributed as ddp
 from gru4rec.batching import session_parallel_steps
-from gru4rec.checkpoint import load_resume_state, read_metadata, save_checkpoint
+from gru4rec.checkpoint import (
+    OPTIMIZER_FILE,
+    load_checkpoint,
+    load_optimizer_state,
+    load_resume_state,
+    read_metadata,
+    save_checkpoint,
+)
 from gru4rec.config import HyperParams
 from gru4rec.data import ItemMap, Sessions, load_eval_data, load_training_data
 from gru4rec.errors import UserError
@@ -27,8 +35,9 @@ from gru4rec.fused import FusedStep, supports
 from gru4rec.logs import progress
 from gru4rec.losses import make_loss
 from gru4rec.model import GRU4Rec, Hidden
-from gru4rec.optim import make_optimizer
+from gru4rec.optim import Gradients, make_optimizer
 from gru4rec.sampling import NegativeSampler
+from gru4rec.warm_start import check_compatible, warm_start_model, warm_start_optimizer_state
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +85,11 @@ class Trainer:
         seed: int = 42,
         model: GRU4Rec | None = None,
         step: str = "auto",
+        world_size: int = 1,
+        is_main: bool = True,
     ) -> None:
         self.params = params
+        self.is_main = is_main
         self.sessions = sessions
         self.device = device
         torch.manual_seed(seed)
@@ -105,6 +117,11 @@ class Trainer:
             FusedStep(self.model, self.optimizers[0], params.loss, self.loss_fn, params.logq)
             if fusable and step != "eager" else None
         )
+        self.reducer = None
+        if world_size > 1:
+            if params.optimizer != "adagrad":
+                raise UserError("distributed training supports optimizer=adagrad (the reference optimiser) only")
+            self.reducer = ddp.GradientReducer(self.model, world_size)
 
     def train_step(self, inputs: Tensor, targets: Tensor, hidden: Hidden) -> tuple[Tensor, Hidden]:
         """One update on one mini-batch; returns the (detached) loss and the new hidden state."""
@@ -114,16 +131,38 @@ class Trainer:
         if self.params.loss == "cross-entropy" and self.params.logq > 0:
             log_q = torch.cat([self.log_counts[targets], self.params.sample_alpha * self.log_counts[sample]])
         if self.fused is not None:
-            return self.fused(inputs, columns, hidden, log_q)
+            loss, hidden, grads = self.fused.gradients(inputs, columns, hidden, log_q)
+            if self.reducer is not None:
+                grads = self.reducer.reduce(grads)
+            self.optimizers[0].apply(grads)
+            return loss, hidden
         hidden = self.model.step(inputs, hidden)
         O = self.model.score(hidden, columns)
         loss = self.loss_fn(O, log_q) / self.params.batch_size
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
         loss.backward()
-        for opt in self.optimizers:
-            opt.step()
+        if self.reducer is not None:
+            self.optimizers[0].apply(self.reducer.reduce(self._autograd_gradients()))
+        else:
+            for opt in self.optimizers:
+                opt.step()
         return loss.detach(), [h.detach() for h in hidden]
+
+    def _autograd_gradients(self) -> Gradients:
+        grads = Gradients()
+        for p in self.model.parameters():
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                grads.sparse.append((p, p.grad._indices()[0], p.grad._values()))
+            else:
+                grads.dense.append((p, p.grad))
+        return grads
+
+    def _trainable(self, step_positions: np.ndarray) -> bool:
+        # a lone slot with no extra negatives has nothing to rank against
+        return len(step_positions) + self.params.n_sample >= 2
 
     def train_epoch(self, epoch: int) -> EpochStats:
         self.model.train()
@@ -132,7 +171,12 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         n_steps = done = 0
         start = time.perf_counter()
-        bar = progress(total=n_events, desc=f"epoch {epoch}", unit="ev")
+        total_steps = 0
+        if self.reducer is not None:
+            # every process must join as many updates as the longest shard has mini-batches
+            local = sum(1 for s in session_parallel_steps(self.sessions, self.params.batch_size) if self._trainable(s.positions))
+            total_steps = ddp.all_reduce_max(local, self.device)
+        bar = progress(total=n_events, desc=f"epoch {epoch}", unit="ev", disable=True if not self.is_main else None)
         for step in session_parallel_steps(self.sessions, self.params.batch_size):
             if step.keep is not None:
                 keep = torch.from_numpy(step.keep).to(self.device)
@@ -141,9 +185,9 @@ class Trainer:
                 reset = torch.from_numpy(step.reset).to(self.device)
                 for h in hidden:
                     h.index_fill_(0, reset, 0.0)
+            if not self._trainable(step.positions):
+                continue
             pos = torch.from_numpy(step.positions).to(self.device)
-            if len(pos) + self.params.n_sample < 2:
-                continue  # a lone slot with no extra negatives has nothing to rank against
             loss, hidden = self.train_step(self.items[pos], self.items[pos + 1], hidden)
             loss_sum += loss
             n_steps += 1
@@ -154,9 +198,16 @@ class Trainer:
                 bar.update(done - bar.n)
         bar.update(done - bar.n)
         bar.close()
-        self._check_finite(loss_sum, epoch, done)
+        total_loss = loss_sum.item()
+        if self.reducer is not None:
+            for _ in range(total_steps - n_steps):
+                self.optimizers[0].apply(self.reducer.reduce(self.reducer.empty()))
+            total_loss = ddp.all_reduce_sum(total_loss, self.device)
+            done = int(ddp.all_reduce_sum(done, self.device))
+            n_steps = int(ddp.all_reduce_sum(n_steps, self.device))
+        self._check_finite(torch.tensor(total_loss), epoch, done)
         seconds = time.perf_counter() - start
-        mean_loss = loss_sum.item() / max(n_steps, 1)
+        mean_loss = total_loss / max(n_steps, 1)
         return EpochStats(epoch, mean_loss, seconds, done, done / max(seconds, 1e-9))
 
     @staticmethod
@@ -188,11 +239,51 @@ def train(
     resume: bool = False,
     eval_batch_size: int = 512,
     step: str = "auto",
+    distributed: bool = False,
+    init_from: str | os.PathLike[str] | None = None,
+    keep_vanished_items: bool = True,
 ) -> list[EpochStats]:
-    """Train and write MODEL_DIR after every epoch (the best epoch's weights when validating)."""
-    out_dir = Path(out_dir)
+    """Train and write MODEL_DIR after every epoch (the best epoch's weights when validating).
+
+    With `distributed`, this process is one rank of a torchrun job: it trains on its shard of the
+    sessions, and rank 0 validates and writes MODEL_DIR.
+    """
     dev = resolve_device(device)
-    sessions, item_map, counts, frame = load_training_data(train_path)
+    ctx = ddp.init_from_env(dev.type) if distributed else None
+    if ctx is not None and dev.type == "cuda":
+        dev = torch.device("cuda", ctx.local_rank)
+        torch.cuda.set_device(dev)
+    try:
+        return _train(
+            train_path, Path(out_dir), params, valid_path, dev, seed, metric, resume, eval_batch_size, step, ctx,
+            init_from, keep_vanished_items,
+        )
+    finally:
+        if ctx is not None:
+            ddp.shutdown()
+
+
+def _train(
+    train_path, out_dir: Path, params: HyperParams, valid_path, dev: torch.device, seed: int, metric: str,
+    resume: bool, eval_batch_size: int, step: str, ctx: ddp.DistContext | None,
+    init_from, keep_vanished_items: bool,
+) -> list[EpochStats]:
+    is_main = ctx is None or ctx.is_main
+    base = None
+    if init_from is not None:
+        if resume:
+            raise UserError("--resume and --init-from exclude each other: resume continues the run in MODEL_DIR")
+        base = load_checkpoint(init_from, "cpu")
+        check_compatible(base.params, params, str(init_from))
+    sessions, item_map, counts, frame = load_training_data(
+        train_path, base.item_map if base else None, keep_vanished_items
+    )
+    model, warm, warm_optimizer = None, None, None
+    if base is not None:
+        model, warm = warm_start_model(base, item_map, params)
+        warm_optimizer = warm_start_optimizer_state(
+            load_optimizer_state(init_from, "cpu"), base, model, item_map, params
+        )
     if sessions.n_sessions < params.batch_size:
         log.warning("only %d sessions, fewer than batch_size=%d: the batch is smaller", sessions.n_sessions, params.batch_size)
     valid = None
@@ -210,8 +301,20 @@ def train(
         "device": str(dev),
         "seed": seed,
         "selection_metric": metric if valid else None,
+        "world_size": ctx.world_size if ctx else 1,
     }
-    trainer = Trainer(params, sessions, counts, dev, seed, step=step)
+    if warm is not None:
+        summary["init_from"] = {"model_dir": str(init_from), "model_version": base.version, **warm}
+    if ctx is not None:
+        shard = ddp.shard_sessions(sessions, ctx.rank, ctx.world_size)
+        trainer = Trainer(
+            params, shard, counts, dev, seed + ctx.rank, model=model, step=step, world_size=ctx.world_size, is_main=is_main
+        )
+        ddp.broadcast_parameters(trainer.model)
+    else:
+        trainer = Trainer(params, sessions, counts, dev, seed, model=model, step=step)
+    if warm_optimizer is not None:
+        trainer.load_optimizer_state(warm_optimizer)
     history: list[EpochStats] = []
     best: tuple[float, int, dict[str, Tensor]] | None = None
     first_epoch = 1
@@ -223,6 +326,10 @@ def train(
     )
     for epoch in range(first_epoch, params.n_epochs + 1):
         stats = trainer.train_epoch(epoch)
+        if not is_main:
+            history.append(stats)
+            ddp.barrier()  # rank 0 validates and writes the checkpoint meanwhile
+            continue
         if valid is not None:
             trainer.model.eval()
             result = evaluate(ModelScorer(trainer.model), valid[0], ties="conservative", batch_size=eval_batch_size, device=dev, n_unknown=valid[1])
@@ -246,7 +353,6 @@ def train(
             resume_state = {
                 "epoch": epoch,
                 "weights": trainer.model.state_dict(),
-                "optimizers": trainer.optimizer_state(),
                 "generator": trainer.generator.get_state(),
                 "torch_rng": torch.get_rng_state(),
                 "best_value": best[0] if best else float("nan"),
@@ -255,7 +361,10 @@ def train(
         save_checkpoint(
             out_dir, trainer.model, item_map, counts, training,
             state_dict=best[2] if best is not None else None, resume_state=resume_state,
+            optimizer_state=trainer.optimizer_state(),
         )
+        if ctx is not None:
+            ddp.barrier()
     return history
 
 
@@ -276,7 +385,10 @@ def _resume(trainer: Trainer, out_dir: Path, params: HyperParams, item_map: Item
     if list(metadata["item_ids"]) != [str(i) for i in item_map.ids]:
         raise UserError(f"{out_dir}: was trained on another training file; resume with the same TRAIN")
     trainer.model.load_state_dict(state["weights"])
-    trainer.load_optimizer_state(state["optimizers"])
+    optimizer_state = load_optimizer_state(out_dir, dev)
+    if optimizer_state is None:
+        raise UserError(f"{out_dir}: the optimiser state ({OPTIMIZER_FILE}) is missing, cannot resume")
+    trainer.load_optimizer_state(optimizer_state)
     trainer.generator.set_state(state["generator"].cpu() if dev.type == "cpu" else state["generator"].cpu())
     torch.set_rng_state(state["torch_rng"].cpu())
     history = [EpochStats(**e) for e in metadata["training"]["epochs"]]
