@@ -27,12 +27,15 @@ class NegativeSampler:
         self.rows = max(1, cache_size // max(n_sample, 1))
         self._buffer: Tensor | None = None
         self._next = 0
+        self._state_before_refill: Tensor | None = None  # to redraw the same buffer on resume
 
     @property
     def device(self) -> torch.device:
         return self.cdf.device
 
     def _refill(self) -> None:
+        if self.generator is not None:
+            self._state_before_refill = self.generator.get_state()
         u = torch.rand(self.rows, self.n_sample, device=self.device, generator=self.generator)
         self._buffer = torch.searchsorted(self.cdf, u, right=True).clamp_max_(len(self.cdf) - 1)
         self._next = 0
@@ -48,5 +51,19 @@ class NegativeSampler:
         self._next += 1
         return sample
 
-    def state_dict(self) -> dict[str, Tensor]:
-        return {} if self.generator is None else {"generator": self.generator.get_state()}
+    def state_dict(self) -> dict[str, Tensor | int]:
+        """Where the stream of negatives stands: a restored sampler continues it exactly."""
+        if self.generator is None:
+            return {}
+        if self._state_before_refill is None:
+            return {"generator": self.generator.get_state(), "next": -1}
+        return {"generator": self._state_before_refill, "next": self._next}
+
+    def load_state_dict(self, state: dict[str, Tensor | int]) -> None:
+        if self.generator is None or not state:
+            return
+        self.generator.set_state(state["generator"].cpu())
+        self._buffer, self._next, self._state_before_refill = None, 0, None
+        if int(state["next"]) >= 0:
+            self._refill()  # the same buffer as before the interruption...
+            self._next = int(state["next"])  # ...continued where it stopped

@@ -353,7 +353,7 @@ def _train(
             resume_state = {
                 "epoch": epoch,
                 "weights": trainer.model.state_dict(),
-                "generator": trainer.generator.get_state(),
+                "sampler": trainer.sampler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
                 "best_value": best[0] if best else float("nan"),
                 "best_epoch": best[1] if best else 0,
@@ -389,7 +389,7 @@ def _resume(trainer: Trainer, out_dir: Path, params: HyperParams, item_map: Item
     if optimizer_state is None:
         raise UserError(f"{out_dir}: the optimiser state ({OPTIMIZER_FILE}) is missing, cannot resume")
     trainer.load_optimizer_state(optimizer_state)
-    trainer.generator.set_state(state["generator"].cpu() if dev.type == "cpu" else state["generator"].cpu())
+    trainer.sampler.load_state_dict(state["sampler"])
     torch.set_rng_state(state["torch_rng"].cpu())
     history = [EpochStats(**e) for e in metadata["training"]["epochs"]]
     best = None
