@@ -5,6 +5,8 @@ Every part of the project reads and writes them through this module.
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import os
 from pathlib import Path
 
@@ -103,8 +105,18 @@ def _float_text(col):
     return text
 
 
+@contextlib.contextmanager
+def _maybe_gzip(raw, path: Path):
+    if path.suffix != ".gz":
+        yield raw
+        return
+    # mtime 0 keeps the output byte-identical between runs
+    with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as fh:
+        yield fh
+
+
 def write_session_file(df: pd.DataFrame, path: str | os.PathLike[str]) -> None:
-    """Write atomically as TSV (or Parquet when the name ends in .parquet).
+    """Write atomically as TSV (gzip-compressed when the name ends in .gz) or Parquet (.parquet).
 
     TSV: the header `SessionId<TAB>ItemId<TAB>Time`, then one unquoted row per event, written by
     pyarrow (tens of millions of rows per second and core). Ids holding a tab, newline or quote
@@ -124,7 +136,7 @@ def write_session_file(df: pd.DataFrame, path: str | os.PathLike[str]) -> None:
     schema = table.schema.set(2, pa.field("Time", pa.string())) if float_time else table.schema
     options = pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none", batch_size=1 << 17)
     try:
-        with atomic_file(path, "wb") as fh:
+        with atomic_file(path, "wb") as raw, _maybe_gzip(raw, path) as fh:
             fh.write("\t".join(COLUMNS).encode() + b"\n")
             with pacsv.CSVWriter(fh, schema, write_options=options) as writer:
                 for offset in range(0, table.num_rows, _WRITE_CHUNK):
