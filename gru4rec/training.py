@@ -30,7 +30,7 @@ from gru4rec.checkpoint import (
 from gru4rec.config import HyperParams
 from gru4rec.data import ItemMap, Sessions, load_eval_data, load_training_data
 from gru4rec.errors import UserError
-from gru4rec.evaluation import ModelScorer, evaluate
+from gru4rec.evaluation import DEFAULT_CUTOFFS, ModelScorer, evaluate
 from gru4rec.fused import FusedStep, supports
 from gru4rec.logs import progress
 from gru4rec.losses import make_loss
@@ -290,7 +290,8 @@ def _train(
     if valid_path is not None:
         valid_sessions, n_unknown = load_eval_data(valid_path, item_map)
         valid = (valid_sessions, n_unknown)
-        _check_metric(metric)
+        k = check_metric(metric, len(item_map))
+        cutoffs = sorted({k, *(c for c in DEFAULT_CUTOFFS if c <= len(item_map))})
     summary = {
         "train_file": str(train_path),
         "valid_file": str(valid_path) if valid_path else None,
@@ -332,7 +333,10 @@ def _train(
             continue
         if valid is not None:
             trainer.model.eval()
-            result = evaluate(ModelScorer(trainer.model), valid[0], ties="conservative", batch_size=eval_batch_size, device=dev, n_unknown=valid[1])
+            result = evaluate(
+                ModelScorer(trainer.model), valid[0], cutoffs, ties="conservative", batch_size=eval_batch_size,
+                device=dev, n_unknown=valid[1], list_metrics=False,
+            )
             stats.valid = result.metrics
             value = result.metrics[metric]
             if best is None or value > best[0]:
@@ -368,10 +372,14 @@ def _train(
     return history
 
 
-def _check_metric(metric: str) -> None:
+def check_metric(metric: str, n_items: int | None = None) -> int:
+    """The cut-off K of a selection metric recall@K / mrr@K / ndcg@K (at most the catalogue size)."""
     name, _, k = metric.partition("@")
-    if name not in ("recall", "mrr") or not k.isdigit() or int(k) < 1:
-        raise UserError(f"--metric {metric!r}: expected recall@K or mrr@K, e.g. mrr@20")
+    limit = n_items if n_items is not None else float("inf")
+    if name not in ("recall", "mrr", "ndcg") or not k.isdigit() or not 1 <= int(k) <= limit:
+        bound = f" with 1 <= K <= {n_items}" if n_items is not None else ""
+        raise UserError(f"--metric {metric!r}: expected recall@K, mrr@K or ndcg@K{bound}, e.g. mrr@20")
+    return int(k)
 
 
 def _resume(trainer: Trainer, out_dir: Path, params: HyperParams, item_map: ItemMap, dev: torch.device):
