@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import logging
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from gru4rec.errors import UserError
+
+log = logging.getLogger(__name__)
 
 LOSSES = ("cross-entropy", "bpr-max", "top1-max", "bpr", "top1")
 LOSS_ALIASES = {"xe": "cross-entropy", "ce": "cross-entropy", "bprmax": "bpr-max", "top1max": "top1-max"}
@@ -65,6 +68,10 @@ class HyperParams:
         _check(self.embedding >= 0, "embedding", self.embedding, ">= 0")
         _check(self.n_epochs >= 1, "n_epochs", self.n_epochs, ">= 1")
         _check(self.sample_cache_size >= 1, "sample_cache_size", self.sample_cache_size, ">= 1")
+        if self.constrained_embedding and self.embedding > 0:
+            log.warning("embedding=%d is ignored: constrained_embedding=true shares the output weights as input embedding", self.embedding)
+        if self.optimizer == "adam" and self.momentum > 0:
+            log.warning("momentum=%s is ignored by optimizer=adam", self.momentum)
 
     @property
     def embedding_mode(self) -> str:

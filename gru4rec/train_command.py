@@ -34,7 +34,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=42, help="random seed (weights, dropout, negative samples)")
-    p.add_argument("--metric", default="mrr@20", help="validation metric that picks the best epoch (recall@K or mrr@K)")
+    p.add_argument("--metric", default="mrr@20", help="validation metric that picks the best epoch: recall@K, mrr@K or ndcg@K")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in MODEL_DIR from its last finished epoch")
     p.add_argument(
         "--step", choices=["auto", "fused", "eager"], default="auto",

@@ -28,7 +28,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--storage", metavar="URL", help="optuna storage URL (default: sqlite:///DIR/study.db)")
     p.add_argument("--study-name", default="gru4rec", help="study name inside the storage")
-    p.add_argument("--metric", default="mrr@20", help="selection metric on VALID: recall@K or mrr@K, K in 1 5 10 20")
+    p.add_argument("--metric", default="mrr@20", help="selection metric on VALID: recall@K, mrr@K or ndcg@K")
     p.add_argument("--params", metavar="BASE", help="built-in parameter set or file for the parameters the space leaves alone")
     p.add_argument("--timeout", type=float, metavar="S", help="stop starting new trials after S seconds")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
