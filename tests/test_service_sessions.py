@@ -1,0 +1,243 @@
+"""Session stores: the in-process LRU/TTL store, the Redis store against a real redis-server, and
+sessions surviving a model change (rebuilt from their clicks)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+from service_helpers import REDIS_URL, client, copy_model, model_a, model_b, redis_client, swap_model, top_ids, top_scores
+
+from service.sessions import MemorySessionStore, RedisSessionStore, SessionState, make_store
+
+
+def state(version: str = "v1", n: int = 1, size: int = 16) -> SessionState:
+    clicks = tuple(f"i{j}" for j in range(n))
+    return SessionState(version, np.full(size, n, dtype=np.float32), clicks, tuple(range(n)), n, n)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# -- in-process store ----------------------------------------------------------------------------------
+def test_memory_store_lru_eviction():
+    evicted: list[tuple[str, int]] = []
+    store = MemorySessionStore(ttl_s=60, max_sessions=3, max_bytes=10**9, on_evict=lambda r, n: evicted.append((r, n)))
+    for sid in "abc":
+        store.update(sid, lambda cur, sid=sid: state(n=1))
+    assert store.get("a") is not None  # a read does not refresh recency...
+    store.update("a", lambda cur: cur)  # ...an update does: b is now the least recently used
+    store.update("d", lambda cur: state())
+    assert store.get("b") is None
+    assert all(store.get(s) is not None for s in "acd")
+    assert store.size() == 3 and evicted == [("lru", 1)]
+
+
+def test_memory_store_memory_bound():
+    one = state(n=10).nbytes()
+    evicted: list[tuple[str, int]] = []
+    store = MemorySessionStore(
+        ttl_s=60, max_sessions=1000, max_bytes=int(one * 4.5), on_evict=lambda r, n: evicted.append((r, n))
+    )
+    for j in range(10):
+        store.update(f"s{j}", lambda cur: state(n=10))
+    assert store.size() == 4
+    assert store.memory_bytes() <= one * 4.5
+    assert [store.get(f"s{j}") is not None for j in range(10)] == [False] * 6 + [True] * 4
+    assert sum(n for r, n in evicted if r == "memory") == 6
+
+
+def test_memory_store_ttl():
+    clock = FakeClock()
+    evicted: list[tuple[str, int]] = []
+    store = MemorySessionStore(
+        ttl_s=10, max_sessions=100, max_bytes=10**9, on_evict=lambda r, n: evicted.append((r, n)), clock=clock
+    )
+    store.update("a", lambda cur: state())  # expires at 10
+    clock.now += 6
+    store.update("b", lambda cur: state())  # expires at 16
+    clock.now += 3
+    store.update("a", lambda cur: cur)  # touching a session extends its life: now expires at 19
+    clock.now += 5
+    assert store.get("a") is not None and store.get("b") is not None
+    clock.now += 3  # 17
+    assert store.get("b") is None and store.get("a") is not None
+    clock.now += 3  # 20
+    assert store.size() == 0
+    assert sum(n for r, n in evicted if r == "ttl") == 2
+    assert store.delete("a") is False
+
+
+def test_memory_store_serialises_updates_of_one_session():
+    store = MemorySessionStore(ttl_s=60, max_sessions=100, max_bytes=10**9)
+
+    def bump(cur: SessionState | None) -> SessionState:
+        n = 0 if cur is None else cur.n_clicks
+        time.sleep(0.0005)  # widen the race window
+        return state(n=n + 1)
+
+    threads = [threading.Thread(target=lambda: [store.update("x", bump) for _ in range(25)]) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.get("x").n_clicks == 100
+
+
+def test_app_evicts_least_recent_sessions():
+    with client(model_a(), max_sessions=2) as api:
+        for sid in ("s1", "s2", "s3"):
+            assert api.post(f"/v1/sessions/{sid}/events", json={"item_id": "1001"}).status_code == 200
+        assert api.post("/v1/recommend", json={"session_id": "s1"}).status_code == 404
+        assert api.post("/v1/recommend", json={"session_id": "s3"}).status_code == 200
+        text = api.get("/metrics").text
+        assert 'gru4rec_session_evictions_total{reason="lru"} 1.0' in text
+        assert "gru4rec_sessions 2.0" in text
+
+
+# -- Redis store -----------------------------------------------------------------------------------------
+@pytest.fixture
+def redis_prefix():
+    r = redis_client()  # fails (not skips) without Redis
+    prefix = f"gru4rec-test-{uuid.uuid4().hex[:8]}:"
+    yield prefix
+    keys = list(r.scan_iter(match=prefix + "*"))
+    if keys:
+        r.delete(*keys)
+    r.close()
+
+
+def test_redis_store_roundtrip_and_ttl(redis_prefix):
+    store = RedisSessionStore(REDIS_URL, ttl_s=0.4, prefix=redis_prefix)
+    store.check()
+    original = state(n=3)
+    original.clicks = ("ü-ñ", "12", 'quote"s')
+    original.indices = (-1, 5, 7)
+    store.update("a", lambda cur: original)
+    back = store.get("a")
+    assert back.model_version == "v1" and back.clicks == original.clicks and back.indices == (-1, 5, 7)
+    assert back.n_clicks == 3 and back.n_known == 3
+    np.testing.assert_array_equal(back.hidden, original.hidden)
+    assert back.hidden.dtype == np.float32
+    assert store.size() == 1
+    time.sleep(0.6)
+    assert store.get("a") is None
+    assert store.size() == 0
+    store.update("b", lambda cur: state())
+    assert store.delete("b") is True and store.delete("b") is False
+    store.close()
+
+
+def test_redis_store_concurrent_updates_are_not_lost(redis_prefix):
+    stores = [RedisSessionStore(REDIS_URL, ttl_s=30, prefix=redis_prefix) for _ in range(3)]
+
+    def bump(cur: SessionState | None) -> SessionState:
+        return state(n=(0 if cur is None else cur.n_clicks) + 1)
+
+    errors: list[BaseException] = []
+
+    def click_20(store: RedisSessionStore) -> None:
+        try:
+            for _ in range(20):
+                store.update("x", bump)
+        except BaseException as exc:  # reported below instead of dying silently in the thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=click_20, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert stores[0].get("x").n_clicks == 60
+    for s in stores:
+        s.close()
+
+
+def test_two_apps_share_sessions_through_redis(redis_prefix):
+    overrides = {"redis_url": REDIS_URL, "redis_prefix": redis_prefix}
+    with client(model_a(), **overrides) as one, client(model_a(), **overrides) as two:
+        assert one.get("/readyz").json()["session_store"] == "redis"
+        clicks = ["1001", "1002", "nope", "1003"]
+        for j, item in enumerate(clicks):
+            (one if j % 2 else two).post("/v1/sessions/shared-1/events", json={"item_id": item})
+        from_two = two.post("/v1/recommend", json={"session_id": "shared-1", "k": 10, "exclude_seen": True})
+        from_one = one.post("/v1/recommend", json={"session_id": "shared-1", "k": 10, "exclude_seen": True})
+        stateless = one.post("/v1/recommend", json={"items": clicks, "k": 10, "exclude_seen": True})
+        assert top_ids(from_one) == top_ids(from_two) == top_ids(stateless)
+        np.testing.assert_allclose(top_scores(from_two), top_scores(stateless), rtol=1e-5, atol=1e-6)
+        assert "gru4rec_sessions 1.0" in one.get("/metrics").text
+        assert two.delete("/v1/sessions/shared-1").status_code == 204
+        assert one.post("/v1/recommend", json={"session_id": "shared-1"}).status_code == 404
+
+
+def test_redis_session_ttl_through_the_app(redis_prefix):
+    with client(model_a(), redis_url=REDIS_URL, redis_prefix=redis_prefix, session_ttl_s=0.5) as api:
+        api.post("/v1/sessions/short/events", json={"item_id": "1001"})
+        assert api.post("/v1/recommend", json={"session_id": "short"}).status_code == 200
+        time.sleep(0.8)
+        assert api.post("/v1/recommend", json={"session_id": "short"}).status_code == 404
+
+
+def test_unreachable_redis_fails_start_up_loudly():
+    from service.sessions import SessionStoreError
+    from service.settings import Settings
+
+    with pytest.raises(SessionStoreError, match="cannot reach Redis"):
+        make_store(Settings(redis_url="redis://127.0.0.1:1/0"))
+
+
+# -- model version change ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_sessions_are_rebuilt_after_a_model_change(tmp_path, backend):
+    overrides = {"api_key": "secret"}
+    if backend == "redis":
+        redis_client()
+        overrides.update(redis_url=REDIS_URL, redis_prefix=f"gru4rec-test-{uuid.uuid4().hex[:8]}:")
+    served = copy_model(model_a(), tmp_path / "served")
+    clicks = ["1031", "1002", "1032", "1033"]  # 1002 is only in model A
+    with client(served, **overrides) as api:
+        for item in clicks:
+            api.post("/v1/sessions/m-1/events", json={"item_id": item})
+        old_version = api.get("/v1/model").json()["model_version"]
+        swap_model(model_b(), served)
+        reload = api.post("/v1/admin/reload", headers={"X-API-Key": "secret"})
+        assert reload.status_code == 200 and reload.json()["changed"] is True
+        new_version = reload.json()["model_version"]
+        assert new_version != old_version
+
+        after = api.post("/v1/recommend", json={"session_id": "m-1", "k": 10})
+        stateless = api.post("/v1/recommend", json={"items": clicks, "k": 10})
+        assert after.json()["model_version"] == new_version
+        assert top_ids(after) == top_ids(stateless)
+        np.testing.assert_allclose(top_scores(after), top_scores(stateless), rtol=1e-5, atol=1e-6)
+        assert "gru4rec_session_rebuilds_total 1.0" in api.get("/metrics").text
+        # the rebuilt session goes on with the next click as usual
+        nxt = api.post("/v1/sessions/m-1/events", json={"item_id": "1090", "k": 10})
+        assert top_ids(nxt) == top_ids(api.post("/v1/recommend", json={"items": clicks + ["1090"], "k": 10}))
+        if backend == "redis":
+            keys = list(redis_client().scan_iter(match=overrides["redis_prefix"] + "*"))
+            redis_client().delete(*keys)
+
+
+def test_long_sessions_keep_only_recent_clicks_but_exact_state():
+    history = [str(1000 + (7 * j) % 60) for j in range(9)]
+    with client(model_a(), max_session_clicks=3) as api:
+        for n in range(1, len(history) + 1):  # the full history each time: only the new tail is processed
+            stateful = api.post("/v1/recommend", json={"session_id": "long", "items": history[:n], "k": 10})
+            stateless = api.post("/v1/recommend", json={"items": history[:n], "k": 10})
+            assert top_ids(stateful) == top_ids(stateless)
+        # exclude_seen covers the remembered clicks
+        r = api.post("/v1/sessions/long/events", json={"item_id": "1001", "k": 57, "exclude_seen": True})
+        assert not {"1001", history[-1], history[-2]} & set(top_ids(r))
+        store = api.app.state.store
+        assert store.get("long").clicks == (history[-2], history[-1], "1001")
+        assert store.get("long").n_clicks == len(history) + 1
