@@ -25,7 +25,8 @@ REFERENCE_CPU = 14_900
 
 def measure(params, sessions, counts, device: torch.device, step: str, epochs: int) -> tuple[float, float]:
     """Best events/s over `epochs` epochs (the first includes warm-up), and the last epoch's loss."""
-    trainer = Trainer(params, sessions, counts, device, seed=1, step=step)
+    threads = torch.get_num_threads() if device.type == "cpu" else None
+    trainer = Trainer(params, sessions, counts, device, seed=1, step=step, threads=threads)
     best, loss = 0.0, float("nan")
     for epoch in range(1, epochs + 1):
         stats = trainer.train_epoch(epoch)

