@@ -87,13 +87,15 @@ def test_zero_extra_samples():
     assert out.numel() == 0 and out.dtype == torch.long
 
 
-def test_state_dict_holds_generator_state():
-    gen = torch.Generator().manual_seed(3)
-    s = NegativeSampler(torch.as_tensor(COUNTS), 16, 0.5, cache_size=16, generator=gen)
-    s.next()
-    state = s.state_dict()["generator"]
-    nxt = s.next()
-    gen2 = torch.Generator()
-    gen2.set_state(state)
-    s2 = NegativeSampler(torch.as_tensor(COUNTS), 16, 0.5, cache_size=16, generator=gen2)
-    assert torch.equal(s2.next(), nxt)  # with a one-row buffer the generator state is the whole state
+@pytest.mark.parametrize("cache_size", [16, 16 * 5])
+def test_restored_sampler_continues_the_same_stream(cache_size):
+    """state_dict() captures the generator before the last refill plus the read position, so a
+    restored sampler redraws the same buffer and continues where the original stopped."""
+    s = NegativeSampler(torch.as_tensor(COUNTS), 16, 0.5, cache_size=cache_size, generator=torch.Generator().manual_seed(3))
+    for _ in range(7):
+        s.next()
+    state = s.state_dict()
+    expected = [s.next() for _ in range(12)]  # crosses at least one refill
+    s2 = NegativeSampler(torch.as_tensor(COUNTS), 16, 0.5, cache_size=cache_size, generator=torch.Generator())
+    s2.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip((s2.next() for _ in range(12)), expected))
