@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 DEMO   ?= demo-output
 
-.PHONY: setup test demo clean redis
+.PHONY: setup test demo clean redis browser
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -27,7 +27,15 @@ redis:
 	@for i in 1 2 3 4 5 6 7 8 9 10; do redis-cli -p 6379 ping >/dev/null 2>&1 && exit 0; sleep 0.5; done; \
 		echo "redis-server did not start on port 6379" >&2; exit 1
 
-test: setup redis
+# Headless Chromium and its driver for the demo page's browser test (it fails, not skips, without them).
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver; \
+		elif command -v sudo >/dev/null 2>&1; then sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver; \
+		else echo "chromium/chromedriver are not installed and neither root nor sudo is available to install them" >&2; exit 1; fi; \
+	fi
+
+test: setup redis browser
 	$(PY) -m pytest -q
 
 # The whole pipeline on a built-in synthetic log: generate, prepare, train (GPU when present),
@@ -45,7 +53,7 @@ demo: setup
 	@echo
 	@echo "Comparison table: $(DEMO)/comparison/comparison.md, plot: $(DEMO)/comparison/comparison.png"
 	@item=$$(sed -n 2p $(DEMO)/prepared/test.tsv | cut -f2); \
-	echo "Serving on http://127.0.0.1:$(DEMO_PORT); from another terminal try:"; \
+	echo "Serving on http://127.0.0.1:$(DEMO_PORT) (open it in a browser for the demo page); from another terminal try:"; \
 	echo "  curl -s -X POST http://127.0.0.1:$(DEMO_PORT)/v1/recommend -H 'Content-Type: application/json' -d '{\"items\": [\"$$item\"], \"k\": 5}'"
 	@if [ "$(DEMO_SERVE)" = 1 ]; then $(GRU4REC) serve $(DEMO)/model --host 127.0.0.1 --port $(DEMO_PORT); fi
 

@@ -20,7 +20,7 @@ from service import errors
 from service.metrics import Metrics, multiprocess_dir
 from service.middleware import BodySizeLimitMiddleware, MetricsMiddleware
 from service.recommender import Recommender
-from service.routers import admin, health, model, recommend, sessions
+from service.routers import admin, demo, health, model, recommend, sessions
 from service.runtime import ModelRuntime
 from service.sessions import make_store
 from service.settings import Settings
@@ -92,7 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics = Metrics()
     errors.install(app)
-    for router in (recommend.router, sessions.router, model.router, admin.router, health.router):
+    for router in (recommend.router, sessions.router, model.router, admin.router, health.router, demo.router):
         app.include_router(router)
     # added last = outermost: metrics see every answer, including 413s
     app.add_middleware(BodySizeLimitMiddleware, limit=settings.max_body_bytes)
