@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 DEMO   ?= demo-output
 
-.PHONY: setup test demo clean redis browser
+.PHONY: setup test demo pipeline clean redis browser
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -38,24 +38,35 @@ browser:
 test: setup redis browser
 	$(PY) -m pytest -q
 
-# The whole pipeline on a built-in synthetic log: generate, prepare, train (GPU when present),
-# compare with the popularity and V-SKNN baselines, then serve on localhost (DEMO_SERVE=0: stop before).
-GRU4REC    := $(VENV)/bin/gru4rec
-DEMO_PORT  ?= 8000
-DEMO_SERVE ?= 1
+# The whole pipeline on a log: prepare, train (GPU when present), compare with the popularity and
+# V-SKNN baselines, then serve on localhost (SERVE=0: stop before serving).
+#   make pipeline LOG=yoochoose-clicks.dat FORMAT=yoochoose OUT=rsc15-output
+GRU4REC  := $(VENV)/bin/gru4rec
+LOG      ?=
+FORMAT   ?= auto
+OUT      ?= pipeline-output
+PARAMS   ?= rsc15-xe
+EPOCHS   ?=
+PORT     ?= 8000
+SERVE    ?= 1
 
+pipeline: setup
+	@test -n "$(LOG)" || { echo "usage: make pipeline LOG=path/to/clicks [FORMAT=yoochoose|csv|tsv|parquet|diginetica|otto] [OUT=dir] [PARAMS=rsc15-xe] [EPOCHS=n] [SERVE=0]" >&2; exit 2; }
+	$(GRU4REC) prepare $(LOG) --format $(FORMAT) --out $(OUT)/prepared
+	$(GRU4REC) train $(OUT)/prepared/train_full.tsv --params $(PARAMS) $(if $(EPOCHS),--set n_epochs=$(EPOCHS)) --device auto --out $(OUT)/model
+	$(GRU4REC) compare $(OUT)/prepared/test.tsv --model gru4rec=$(OUT)/model --baseline pop vsknn \
+		--train $(OUT)/prepared/train_full.tsv --cutoffs 1 5 10 20 --out $(OUT)/comparison
+	@echo
+	@echo "Comparison table: $(OUT)/comparison/comparison.md, plot: $(OUT)/comparison/comparison.png"
+	@item=$$(sed -n 2p $(OUT)/prepared/test.tsv | cut -f2); \
+	echo "Serving on http://127.0.0.1:$(PORT) (open it in a browser for the demo page); from another terminal try:"; \
+	echo "  curl -s -X POST http://127.0.0.1:$(PORT)/v1/recommend -H 'Content-Type: application/json' -d '{\"items\": [\"$$item\"], \"k\": 5}'"
+	@if [ "$(SERVE)" = 1 ]; then $(GRU4REC) serve $(OUT)/model --host 127.0.0.1 --port $(PORT); fi
+
+# The same pipeline on the built-in synthetic log (a few minutes on a 2-core CPU).
 demo: setup
 	$(GRU4REC) synth --events 300000 --items 5000 --seed 7 --format yoochoose --out $(DEMO)/clicks.dat
-	$(GRU4REC) prepare $(DEMO)/clicks.dat --format yoochoose --out $(DEMO)/prepared
-	$(GRU4REC) train $(DEMO)/prepared/train_full.tsv --params rsc15-xe --set n_epochs=3 --device auto --out $(DEMO)/model
-	$(GRU4REC) compare $(DEMO)/prepared/test.tsv --model gru4rec=$(DEMO)/model --baseline pop vsknn \
-		--train $(DEMO)/prepared/train_full.tsv --cutoffs 1 5 10 20 --out $(DEMO)/comparison
-	@echo
-	@echo "Comparison table: $(DEMO)/comparison/comparison.md, plot: $(DEMO)/comparison/comparison.png"
-	@item=$$(sed -n 2p $(DEMO)/prepared/test.tsv | cut -f2); \
-	echo "Serving on http://127.0.0.1:$(DEMO_PORT) (open it in a browser for the demo page); from another terminal try:"; \
-	echo "  curl -s -X POST http://127.0.0.1:$(DEMO_PORT)/v1/recommend -H 'Content-Type: application/json' -d '{\"items\": [\"$$item\"], \"k\": 5}'"
-	@if [ "$(DEMO_SERVE)" = 1 ]; then $(GRU4REC) serve $(DEMO)/model --host 127.0.0.1 --port $(DEMO_PORT); fi
+	$(MAKE) --no-print-directory pipeline LOG=$(DEMO)/clicks.dat FORMAT=yoochoose OUT=$(DEMO) EPOCHS=3
 
 clean:
 	rm -rf $(DEMO) build *.egg-info
