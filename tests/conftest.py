@@ -22,6 +22,17 @@ def require_shared(*parts: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models train fastest on one intra-op thread (and much faster on a busy 2-core machine)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def rsc15_dir() -> Path:
     return require_shared("rsc15_100k")

@@ -17,13 +17,7 @@ from gru4rec.cli import main
 N_ITEMS = 30
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models train faster on one intra-op thread (and much faster on a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def cyclic_rows(n_sessions: int, seed: int, t0: float, prefix: str = "s") -> list[tuple[str, str, float]]:

@@ -22,7 +22,10 @@ from gru4rec.export import export_model, sidecar_path
 from gru4rec.training import train
 
 # torch 2.13 flags torch.jit.load as deprecated; loading TorchScript is exactly what is tested here
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning"),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 N_ITEMS = 25
 COMMON = ["n_sample=8", "n_epochs=1", "batch_size=4", "sample_cache_size=1000"]
@@ -31,15 +34,6 @@ MODELS = {
     "separate": ["layers=[8,6]", "constrained_embedding=false", "embedding=5"],
     "none": ["layers=[8,6]", "constrained_embedding=false", "embedding=0"],
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models are fastest on one intra-op thread (and the test machine is shared)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -142,3 +142,14 @@ def prune_rows(mat: sp.csr_matrix, limit: int) -> sp.csr_matrix:
     out = sp.csr_matrix((mat.data[keep], (rows[keep], mat.indices[keep])), shape=mat.shape)
     out.sort_indices()
     return out
+
+
+# Decay of a weight by a distance in clicks (1 = adjacent), shared by the sequential rules and the
+# session-kNN score weighting (session-rec's "div", "same", "linear", "log", "quadratic").
+DECAYS = {
+    "div": lambda i: 1.0 / i,
+    "same": lambda i: np.ones_like(i, dtype=np.float64),
+    "linear": lambda i: np.where(i <= 100, 1.0 - 0.1 * i, 0.0),
+    "log": lambda i: 1.0 / np.log10(i + 1.7),
+    "quadratic": lambda i: 1.0 / (i * i),
+}

@@ -7,16 +7,9 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from gru4rec.baselines.base import Baseline, History, TrainSet, rank_within_groups
+from gru4rec.baselines.base import DECAYS, Baseline, History, TrainSet, rank_within_groups
 from gru4rec.errors import UserError
 
-WEIGHTINGS = {
-    "div": lambda i: 1.0 / i,
-    "same": lambda i: np.ones_like(i, dtype=np.float64),
-    "linear": lambda i: np.where(i <= 100, 1.0 - 0.1 * i, 0.0),
-    "log": lambda i: 1.0 / np.log10(i + 1.7),
-    "quadratic": lambda i: 1.0 / (i * i),
-}
 
 
 class SequentialRules(Baseline):
@@ -36,8 +29,8 @@ class SequentialRules(Baseline):
         super().__init__(train)
         if steps < 1:
             raise UserError(f"sr: steps must be >= 1, got {steps}")
-        if weighting not in WEIGHTINGS:
-            raise UserError(f"sr: weighting {weighting!r} is not one of {', '.join(WEIGHTINGS)}")
+        if weighting not in DECAYS:
+            raise UserError(f"sr: weighting {weighting!r} is not one of {', '.join(DECAYS)}")
         if pruning < 0:
             raise UserError(f"sr: pruning must be >= 0, got {pruning}")
         self.steps, self.weighting, self.pruning = int(steps), weighting, pruning
@@ -49,7 +42,7 @@ class SequentialRules(Baseline):
             later = np.flatnonzero(pos_in_session >= i)  # clicks with a click i steps before them
             prev_parts.append(s.items[later - i])
             next_parts.append(s.items[later])
-            weight_parts.append(np.full(len(later), WEIGHTINGS[weighting](np.float64(i))))
+            weight_parts.append(np.full(len(later), DECAYS[weighting](np.float64(i))))
             order_parts.append(later * self.steps + (i - 1))  # session-rec's creation order
         key = np.concatenate(prev_parts) * n + np.concatenate(next_parts)
         weight = np.concatenate(weight_parts)

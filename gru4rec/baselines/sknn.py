@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from gru4rec.baselines.base import Baseline, History, TrainSet, last_occurrences, top_per_row
+from gru4rec.baselines.base import DECAYS, Baseline, History, TrainSet, last_occurrences, top_per_row
 from gru4rec.errors import UserError
 
 # position weights of the current session's clicks (i: 1-based position, n: session length so far)
@@ -27,14 +27,7 @@ POSITION_WEIGHTS = {
     "quadratic": lambda i, n: (i / n) ** 2,
     "log": lambda i, n: 1.0 / np.log10((n - i) + 1.7),
 }
-# decay of a neighbour by how far back (1 = the last click) the most recent shared click is
-SCORE_WEIGHTS = {
-    "div": lambda step: 1.0 / step,
-    "same": lambda step: np.ones_like(step, dtype=np.float64),
-    "linear": lambda step: np.where(step <= 100, 1.0 - 0.1 * step, 0.0),
-    "log": lambda step: 1.0 / np.log10(step + 1.7),
-    "quadratic": lambda step: 1.0 / (step * step),
-}
+# a neighbour decays by how far back (1 = the last click) the most recent shared click is: DECAYS
 
 
 class _SessionKNN(Baseline):
@@ -101,8 +94,8 @@ class VSKNN(_SessionKNN):
             raise UserError(f"vsknn: similarity {similarity!r} is not one of cosine, vec")
         if weighting not in POSITION_WEIGHTS:
             raise UserError(f"vsknn: weighting {weighting!r} is not one of {', '.join(POSITION_WEIGHTS)}")
-        if weighting_score not in SCORE_WEIGHTS:
-            raise UserError(f"vsknn: weighting_score {weighting_score!r} is not one of {', '.join(SCORE_WEIGHTS)}")
+        if weighting_score not in DECAYS:
+            raise UserError(f"vsknn: weighting_score {weighting_score!r} is not one of {', '.join(DECAYS)}")
         self.similarity, self.weighting, self.weighting_score = similarity, weighting, weighting_score
 
     def params(self) -> dict[str, Any]:
@@ -138,7 +131,7 @@ class VSKNN(_SessionKNN):
         shared_pos = np.where(row_keys[at] == query, last_pos[at], 0)
         latest = np.zeros(len(s), dtype=np.int64)
         np.maximum.at(latest, pair, shared_pos)
-        decay = SCORE_WEIGHTS[self.weighting_score]((n - latest + 1).astype(np.float64))
+        decay = DECAYS[self.weighting_score]((n - latest + 1).astype(np.float64))
         weight = sp.csr_matrix((sim * decay, (r, s)), shape=(m, self.n_sessions))
         return weight @ self.session_items
 
