@@ -392,25 +392,15 @@ def _run(raw: RawLog, opts: PrepareOptions, steps: _Steps, pd) -> Prepared:
     if opts.recent_fraction is not None:
         train = _keep_recent(train, opts.recent_fraction)
         steps.record(f"recent fraction {opts.recent_fraction:g} of train", train)
-    if opts.split_rule == "classic":
-        test = _restrict_to_items(test, train, n_items, opts.min_session_length)
-        if len(test) == 0:
-            raise UserError(
-                f"{raw.path}: the test split is empty after keeping only items seen in training and dropping "
-                f"sessions shorter than {opts.min_session_length}; try a larger --test-days"
-            )
+    test = _known_items_only(raw, test, train, n_items, opts, "test split", "training")
     steps.record("split train_full / test", None, events=len(train) + len(test))
 
     # 8. validation split of train_full
     train_tr, valid, valid_start = _split(train, opts.test_days, opts.split_rule, opts.min_session_length)
     _check_split(raw, "validation", train_tr, valid, opts, "train_full")
-    if opts.split_rule == "classic":
-        valid = _restrict_to_items(valid, train_tr, n_items, opts.min_session_length)
-        if len(valid) == 0:
-            raise UserError(
-                f"{raw.path}: the validation split (train_valid, the last --test-days of train_full) is empty after "
-                f"keeping only items seen in train_tr; try a larger --test-days"
-            )
+    valid = _known_items_only(
+        raw, valid, train_tr, n_items, opts, "validation split (train_valid, the last --test-days of train_full)", "train_tr"
+    )
     steps.record("split train_tr / train_valid", None, events=len(train_tr) + len(valid))
     return Prepared(
         splits={"train_full": train, "test": test, "train_tr": train_tr, "train_valid": valid},
@@ -420,6 +410,21 @@ def _run(raw: RawLog, opts: PrepareOptions, steps: _Steps, pd) -> Prepared:
         steps=steps.rows,
         boundaries={"test_start": test_start, "valid_start": valid_start},
     )
+
+
+def _known_items_only(
+    raw: RawLog, held_out: Frame, train: Frame, n_items: int, opts: PrepareOptions, name: str, train_name: str
+) -> Frame:
+    """Classic rule: a held-out split keeps only items seen in its training part, then drops short sessions."""
+    if opts.split_rule != "classic":
+        return held_out
+    held_out = _restrict_to_items(held_out, train, n_items, opts.min_session_length)
+    if len(held_out) == 0:
+        raise UserError(
+            f"{raw.path}: the {name} is empty after keeping only items seen in {train_name} and dropping "
+            f"sessions shorter than {opts.min_session_length}; try a larger --test-days"
+        )
+    return held_out
 
 
 def _check_split(raw: RawLog, name: str, train: Frame, test: Frame, opts: PrepareOptions, what: str) -> None:
