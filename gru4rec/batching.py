@@ -66,6 +66,6 @@ def session_parallel_steps(sessions: Sessions, batch_size: int) -> Iterator[Step
             pos, end, origin, fresh = pos[rows], end[rows], origin[rows], fresh[rows]
 
 
-def count_steps(sessions: Sessions, batch_size: int) -> int:
-    """Mini-batches in one epoch (for progress bars); the events trained are n_events - n_sessions."""
-    return sum(1 for _ in session_parallel_steps(sessions, batch_size))
+def count_steps(sessions: Sessions, batch_size: int, min_rows: int = 1) -> int:
+    """Mini-batches of at least `min_rows` rows in one epoch (the schedule is the same every epoch)."""
+    return sum(1 for step in session_parallel_steps(sessions, batch_size) if len(step.positions) >= min_rows)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from gru4rec import distributed as ddp
-from gru4rec.batching import session_parallel_steps
+from gru4rec.batching import count_steps, session_parallel_steps
 from gru4rec.checkpoint import (
     OPTIMIZER_FILE,
     load_checkpoint,
@@ -122,6 +122,7 @@ class Trainer:
             if fusable and step != "eager" else None
         )
         self.reducer = None
+        self._total_steps: int | None = None  # distributed: updates per epoch, agreed by all ranks
         if world_size > 1:
             if params.optimizer != "adagrad":
                 raise UserError("distributed training supports optimizer=adagrad (the reference optimiser) only")
@@ -164,9 +165,10 @@ class Trainer:
                 grads.dense.append((p, p.grad))
         return grads
 
-    def _trainable(self, step_positions: np.ndarray) -> bool:
+    @property
+    def _min_rows(self) -> int:
         # a lone slot with no extra negatives has nothing to rank against
-        return len(step_positions) + self.params.n_sample >= 2
+        return max(1, 2 - self.params.n_sample)
 
     def train_epoch(self, epoch: int) -> EpochStats:
         previous = torch.get_num_threads()
@@ -184,11 +186,10 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         n_steps = done = 0
         start = time.perf_counter()
-        total_steps = 0
-        if self.reducer is not None:
+        if self.reducer is not None and self._total_steps is None:
             # every process must join as many updates as the longest shard has mini-batches
-            local = sum(1 for s in session_parallel_steps(self.sessions, self.params.batch_size) if self._trainable(s.positions))
-            total_steps = ddp.all_reduce_max(local, self.device)
+            local = count_steps(self.sessions, self.params.batch_size, self._min_rows)
+            self._total_steps = ddp.all_reduce_max(local, self.device)
         bar = progress(total=n_events, desc=f"epoch {epoch}", unit="ev", disable=True if not self.is_main else None)
         for step in session_parallel_steps(self.sessions, self.params.batch_size):
             if step.keep is not None:
@@ -198,7 +199,7 @@ class Trainer:
                 reset = torch.from_numpy(step.reset).to(self.device)
                 for h in hidden:
                     h.index_fill_(0, reset, 0.0)
-            if not self._trainable(step.positions):
+            if len(step.positions) < self._min_rows:
                 continue
             pos = torch.from_numpy(step.positions).to(self.device)
             loss, hidden = self.train_step(self.items[pos], self.items[pos + 1], hidden)
@@ -213,7 +214,7 @@ class Trainer:
         bar.close()
         total_loss = loss_sum.item()
         if self.reducer is not None:
-            for _ in range(total_steps - n_steps):
+            for _ in range(self._total_steps - n_steps):
                 self.optimizers[0].apply(self.reducer.reduce(self.reducer.empty()))
             total_loss = ddp.all_reduce_sum(total_loss, self.device)
             done = int(ddp.all_reduce_sum(done, self.device))
