@@ -12,11 +12,6 @@ from service.metrics import Metrics
 from service.recommender import Recommender
 from service.runtime import ModelRuntime
 from service.sessions import SessionStore
-from service.settings import Settings
-
-
-async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
 
 
 async def get_runtime(request: Request) -> ModelRuntime:

@@ -9,6 +9,8 @@ That is what the session stores keep (as bytes in Redis) between clicks.
 
 from __future__ import annotations
 
+import functools
+
 import logging
 import os
 import time
@@ -40,16 +42,16 @@ class TopK:
 class ModelBundle:
     """A checkpoint plus what the hot path needs precomputed (contiguous output matrix, id dict)."""
 
-    def __init__(self, checkpoint: Checkpoint, directory: Path | None = None) -> None:
+    def __init__(self, checkpoint: Checkpoint) -> None:
         model = checkpoint.model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
         self.model = model
-        self.directory = directory
         self.version: str = checkpoint.version
-        self.metadata = checkpoint.metadata
+        # the item list lives in ids/index/item_counts below; keep the rest for describe()
+        self.metadata = {k: v for k, v in checkpoint.metadata.items() if k not in ("item_ids", "item_counts")}
         self.loaded_at = time.time()
-        self.ids: list[str] = [str(i) for i in checkpoint.item_map.ids]
+        self.ids: list[str] = checkpoint.item_map.ids.tolist()
         self.n_items = len(self.ids)
         self.index: dict[str, int] = {item: i for i, item in enumerate(self.ids)}
         self.layer_sizes: tuple[int, ...] = tuple(model.layer_sizes)
@@ -58,12 +60,19 @@ class ModelBundle:
         # scores = h @ W^T + b: a [layer, n_items] contiguous copy makes this one fast GEMM row
         # (about 2.5x faster than multiplying by the transposed view of the [n_items, layer] table).
         self.out_t = model.Wy.weight.detach().T.contiguous()
-        self.out_rows = model.Wy.weight.detach()  # [n_items, layer]: for scoring an allow list
         self.out_bias = model.By.weight.detach()[:, 0].contiguous()
+        self.item_counts = checkpoint.item_counts
         counts = np.asarray(checkpoint.item_counts, dtype=np.float64)
         self.popular_order = np.lexsort((np.arange(self.n_items), -counts)).astype(np.int64)
         total = counts.sum()
         self.popularity = counts / total if total > 0 else np.zeros_like(counts)
+
+    @functools.cached_property
+    def ranking(self) -> tuple[list[str], list[int], list[str]]:
+        """Item ids, training counts and case-folded ids, most popular first (for listing items)."""
+        order = self.popular_order.tolist()
+        ids = [self.ids[i] for i in order]
+        return ids, [int(self.item_counts[i]) for i in order], [i.casefold() for i in ids]
 
     # -- ids -----------------------------------------------------------------------------------
     def lookup(self, ids: Iterable[str]) -> list[int]:
@@ -112,7 +121,7 @@ class ModelBundle:
                 if len(cols) == 0:
                     return TopK([], [], "model")
                 col_t = torch.from_numpy(cols)
-                scores = torch.mv(self.out_rows.index_select(0, col_t), h[0]).add_(self.out_bias.index_select(0, col_t))
+                scores = self.model.score(h, col_t)[0]
                 values, pos = torch.topk(scores, min(k, len(cols)))
                 picked = col_t.index_select(0, pos)
             else:
@@ -194,7 +203,7 @@ def load_bundle(directory: str | os.PathLike[str], warmup_steps: int = 3, attemp
         if str(again) != checkpoint.version:
             log.info("%s changed while loading (%s -> %s); loading again", directory, checkpoint.version, again)
             continue
-        bundle = ModelBundle(checkpoint, directory)
+        bundle = ModelBundle(checkpoint)
         bundle.warm_up(warmup_steps)
         log.info("loaded model %s from %s: %d items, layers %s",
                  bundle.version, directory, bundle.n_items, list(bundle.layer_sizes))

@@ -77,7 +77,6 @@ def run(args: argparse.Namespace) -> int:
     metadata = read_metadata(model_dir)  # a clear error now rather than a failed worker start-up
     # every worker process builds its Settings from the environment, so that is where options go
     os.environ["GRU4REC_MODEL_DIR"] = str(Path(model_dir).resolve())
-    os.environ["GRU4REC_WORKERS"] = str(args.workers)
     try:
         settings = Settings()
     except pydantic.ValidationError as exc:
@@ -94,15 +93,12 @@ def run(args: argparse.Namespace) -> int:
             atexit.register(shutil.rmtree, metrics_dir, ignore_errors=True)
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     if settings.redis_url:
-        from service.sessions import RedisSessionStore, SessionStoreError
+        from service.sessions import SessionStoreError, make_store
 
-        store = RedisSessionStore(settings.redis_url, settings.session_ttl_s, settings.redis_prefix)
         try:
-            store.check()
+            make_store(settings).close()  # fail now, with a clear message, if Redis is unreachable
         except SessionStoreError as exc:
             raise UserError(str(exc)) from None
-        finally:
-            store.close()
     log.info(
         "serving %s (model %s, %d items) on http://%s:%d with %d worker(s)",
         model_dir, metadata.get("model_version"), metadata.get("n_items", 0), args.host, args.port, args.workers,

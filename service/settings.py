@@ -32,7 +32,6 @@ class Settings(BaseSettings):
     max_k: int = Field(1000, ge=1, le=SCHEMA_MAX_K)
     max_body_bytes: int = Field(1_048_576, ge=1024, description="larger request bodies get 413")
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per worker (default: 1)")
-    workers: int = Field(1, ge=1, description="uvicorn worker processes (set by `gru4rec serve --workers`)")
     reload_poll_s: float = Field(10.0, ge=0, description="how often to look for a new checkpoint; 0 disables")
     warmup_steps: int = Field(3, ge=0, description="dummy requests run at start-up so the first real one is fast")
 

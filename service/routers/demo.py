@@ -6,7 +6,6 @@ an item, click through a session, watch the recommendations follow.
 
 from __future__ import annotations
 
-import weakref
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, HTTPException, Query
@@ -48,21 +47,6 @@ class ItemsResponse(BaseModel):
     model_version: str
 
 
-# per model: item ids and training counts, most popular first (computed once per loaded bundle)
-_ranked: weakref.WeakKeyDictionary[ModelBundle, tuple[list[str], list[int], list[str]]] = weakref.WeakKeyDictionary()
-
-
-def _ranking(bundle: ModelBundle) -> tuple[list[str], list[int], list[str]]:
-    cached = _ranked.get(bundle)
-    if cached is None:
-        counts = bundle.metadata.get("item_counts") or [0] * bundle.n_items
-        order = bundle.popular_order.tolist()
-        ids = [bundle.ids[i] for i in order]
-        cached = (ids, [int(counts[i]) for i in order], [i.casefold() for i in ids])
-        _ranked[bundle] = cached
-    return cached
-
-
 @router.get(
     "/v1/items",
     response_model=ItemsResponse,
@@ -80,7 +64,7 @@ async def list_items(
     bundle: ModelBundle = Depends(get_bundle),
 ) -> ItemsResponse:
     """Item ids of the served model with their training click counts, for browsing and search."""
-    ids, counts, folded = _ranking(bundle)
+    ids, counts, folded = bundle.ranking
     if query:
         needle = query.casefold()
         hits = [j for j, text in enumerate(folded) if needle in text]
