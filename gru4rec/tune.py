@@ -197,12 +197,6 @@ class TuneResult:
     metric: str
 
 
-def _check_tune_metric(metric: str) -> None:
-    from gru4rec.training import check_metric
-
-    check_metric(metric)
-
-
 def _configure_optuna_logging() -> None:
     import optuna
 
@@ -247,20 +241,19 @@ def tune(
     from optuna.trial import TrialState
 
     from gru4rec.data import load_eval_data, load_training_data
-    from gru4rec.evaluation import DEFAULT_CUTOFFS, check_cutoffs
-    from gru4rec.training import resolve_device, train
+    from gru4rec.training import check_metric, resolve_device, train
 
     if n_trials < 1:
         raise UserError(f"--trials must be >= 1, got {n_trials}")
     if timeout is not None and timeout <= 0:
         raise UserError(f"--timeout must be > 0 seconds, got {timeout}")
-    _check_tune_metric(metric)
+    check_metric(metric)
     resolve_device(device)
     base = base or HyperParams()
     out = Path(out_dir)
     # fail on bad files now, not as a string of failed trials
     _, item_map, _, _ = load_training_data(train_path)
-    check_cutoffs(DEFAULT_CUTOFFS, len(item_map))
+    check_metric(metric, len(item_map))  # the same rule the trials' training applies
     load_eval_data(valid_path, item_map)
     out.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{out / 'study.db'}"
