@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from gru4rec.atomic import atomic_file
     from gru4rec.baselines import load_train_set, parse_baseline_spec
     from gru4rec.errors import UserError
+    from gru4rec.data import read_events
     from gru4rec.evaluate_command import check_options, evaluate_scored, fit_baseline_scorer, load_model
     from gru4rec.reports import comparison_markdown, plot_metrics
     from gru4rec.training import resolve_device
@@ -88,9 +89,10 @@ def run(args: argparse.Namespace) -> int:
     results, report = {}, {"test": str(args.test), "train": args.train, "entries": {}}
     for spec in args.baseline:
         entries.append(fit_baseline_scorer(spec, train))
+    events = read_events(args.test)  # read once, evaluated against every entry
     for scored in entries:
         log.info("evaluating %s", scored.label)
-        result, seconds = evaluate_scored(scored, args.test, args, device)
+        result, seconds = evaluate_scored(scored, args.test, args, device, events)
         results[scored.label] = result.metrics
         report["entries"][scored.label] = {
             **scored.info, **result.to_dict(),

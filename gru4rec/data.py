@@ -108,7 +108,7 @@ def load_training_data(
 
     With `base_items` (a warm start) the map extends the base model's items instead of starting anew.
     """
-    df = order_events(read_session_file(path))
+    df = read_events(path)
     item_map = build_item_map(df) if base_items is None else extend_item_map(base_items, df, keep_vanished)
     sessions, _ = to_sessions(df, item_map)
     if sessions.n_events - sessions.n_sessions < 1:
@@ -116,9 +116,24 @@ def load_training_data(
     return sessions, item_map, item_counts(df, item_map), df
 
 
-def load_eval_data(path: str | os.PathLike[str], item_map: ItemMap) -> tuple[Sessions, int]:
-    """Read a test file against a model's items; unknown items are dropped (and counted)."""
-    df = order_events(read_session_file(path))
+def read_events(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """A session file's events in training/evaluation order (see order_events)."""
+    return order_events(read_session_file(path))
+
+
+def known_event_times(df: pd.DataFrame, item_map: ItemMap) -> np.ndarray:
+    """Unix times of the events whose item is known, aligned with to_sessions(df, item_map).items."""
+    return df["Time"].to_numpy(dtype=np.float64)[item_map.lookup(df["ItemId"].to_numpy()) >= 0]
+
+
+def load_eval_data(
+    path: str | os.PathLike[str], item_map: ItemMap, events: pd.DataFrame | None = None
+) -> tuple[Sessions, int]:
+    """Read a test file against a model's items; unknown items are dropped (and counted).
+
+    `events` (read_events(path)) saves re-reading a file evaluated against several models.
+    """
+    df = events if events is not None else read_events(path)
     sessions, n_unknown = to_sessions(df, item_map)
     if sessions.n_events == 0:
         raise UserError(f"{path}: none of its {len(df)} events has an item the model knows")

@@ -95,13 +95,16 @@ def fit_baseline_scorer(spec: str, train, label: str | None = None) -> Scored:
     return Scored(label or spec, baseline, train.item_map, train.item_counts, info)
 
 
-def evaluate_scored(scored: Scored, test: str, args: argparse.Namespace, device):
-    """Evaluate with the shared options; returns the result and the seconds it took."""
+def evaluate_scored(scored: Scored, test: str, args: argparse.Namespace, device, events=None):
+    """Evaluate with the shared options; returns the result and the seconds it took.
+
+    `events` (data.read_events(test)) is the test file read once for several scorers.
+    """
     from gru4rec.evaluation import evaluate_file
 
     start = time.perf_counter()
     result = evaluate_file(
-        scored.scorer, test, scored.item_map, item_counts=scored.item_counts,
+        scored.scorer, test, scored.item_map, item_counts=scored.item_counts, events=events,
         cutoffs=args.cutoffs, ties=args.ties, batch_size=args.batch_size, device=device,
         protocol=args.protocol, exclude_seen=args.exclude_seen,
     )

@@ -39,10 +39,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor
 
-from gru4rec.data import ItemMap, Sessions, load_eval_data
+from gru4rec.data import ItemMap, Sessions, known_event_times, load_eval_data, read_events
 from gru4rec.errors import UserError
 from gru4rec.logs import progress
 from gru4rec.model import GRU4Rec
@@ -232,19 +233,6 @@ def check_protocol(protocol: str) -> None:
         raise UserError(f"unknown protocol {protocol!r}: use one of {', '.join(PROTOCOLS)}")
 
 
-def event_times(path: str | os.PathLike[str], item_map: ItemMap) -> np.ndarray:
-    """Unix times of a test file's known events, aligned with load_eval_data's Sessions.items.
-
-    Only time-aware scorers (STAN) need them; the file is read the same way load_eval_data reads it.
-    """
-    from data_prep.session_files import read_session_file
-    from gru4rec.data import order_events
-
-    df = order_events(read_session_file(path))
-    known = item_map.lookup(df["ItemId"].to_numpy()) >= 0
-    return df["Time"].to_numpy(dtype=np.float64)[known]
-
-
 class _ListStats:
     """Accumulates coverage@k and popularity@k from the top-k lists, on the scores' device."""
 
@@ -303,7 +291,7 @@ def evaluate(
     """Replay `sessions` through `scorer` and rank the whole catalogue for every prediction.
 
     `item_counts` (training counts per item) enables popularity@k; `times` (aligned with
-    sessions.items, see event_times) is required by scorers with needs_times. list_metrics=False
+    sessions.items, see data.known_event_times) is required by scorers with needs_times. list_metrics=False
     skips the top-k lists (coverage/popularity) when only rank metrics are wanted.
     """
     _check_ties(ties)
@@ -314,7 +302,7 @@ def evaluate(
     cutoffs = check_cutoffs(cutoffs, n_items)
     needs_times = bool(getattr(scorer, "needs_times", False))
     if needs_times and (times is None or len(times) != sessions.n_events):
-        raise ValueError("this scorer needs event times aligned with sessions.items (see event_times)")
+        raise ValueError("this scorer needs event times aligned with sessions.items (see data.known_event_times)")
     device = torch.device(device)
     lengths = sessions.lengths
     order = np.argsort(-lengths, kind="stable")
@@ -390,12 +378,15 @@ def evaluate_file(
     item_map: ItemMap,
     *,
     item_counts: np.ndarray | None = None,
+    events: pd.DataFrame | None = None,
     **options: Any,
 ) -> EvalResult:
     """Load a test file against the scorer's items (unknown items dropped and counted) and evaluate it.
 
+    `events` (data.read_events(test_path)) saves re-reading the file for every scorer compared.
     `options` are evaluate's (cutoffs, ties, batch_size, device, protocol, exclude_seen, ...).
     """
-    sessions, n_unknown = load_eval_data(test_path, item_map)
-    times = event_times(test_path, item_map) if getattr(scorer, "needs_times", False) else None
+    events = events if events is not None else read_events(test_path)
+    sessions, n_unknown = load_eval_data(test_path, item_map, events)
+    times = known_event_times(events, item_map) if getattr(scorer, "needs_times", False) else None
     return evaluate(scorer, sessions, n_unknown=n_unknown, item_counts=item_counts, times=times, **options)
