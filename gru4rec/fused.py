@@ -23,8 +23,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from gru4rec import native
 from gru4rec.losses import EPS, LossFn
-from gru4rec.model import GRU4Rec, Hidden
+from gru4rec.model import GRU4Rec, Hidden, dropout_mask
 from gru4rec.optim import AdagradMomentum, Gradients
 
 
@@ -32,36 +33,97 @@ def supports(model: GRU4Rec, optimizer: torch.optim.Optimizer) -> bool:
     return model.mode in ("shared", "separate") and isinstance(optimizer, AdagradMomentum)
 
 
-def _dropout_mask(x: Tensor, p: float) -> Tensor | None:
-    if p <= 0:
-        return None
-    return torch.empty_like(x).bernoulli_(1.0 - p).div_(1.0 - p)
-
-
-class DistinctRows:
-    """Distinct item rows of a step and where each original entry went, without sorting.
-
-    torch.unique sorts (about 100 us for 2,000 ids on a CPU core); marking rows in a per-item slot
-    table costs a third of that. Rows come out in order of first appearance.
-    """
+class TorchOps:
+    """The element-wise parts of the step in portable PyTorch: the specification of native.NativeOps."""
 
     def __init__(self, n_items: int, device: torch.device) -> None:
         self.slot = torch.full((n_items,), -1, dtype=torch.long, device=device)
 
-    def __call__(self, ids: Tensor) -> tuple[Tensor, Tensor]:
+    def distinct(self, ids: Tensor, first_late: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Distinct ids (rows), where each id went (inverse), and which rows occur at or after first_late.
+
+        Sort-free: torch.unique sorts (about 100 us for 2,000 ids on a CPU core); marking rows in a
+        per-item slot table costs a third of that.
+        """
         position = torch.arange(len(ids), device=ids.device)
         self.slot.index_put_((ids,), position)  # some occurrence of each id wins the slot
         representative = self.slot.index_select(0, ids)
         first = representative == position
         compact = torch.cumsum(first, 0).sub_(1)
-        return ids[first], compact.index_select(0, representative)
+        rows, inverse = ids[first], compact.index_select(0, representative)
+        late = torch.zeros(len(rows), dtype=torch.bool, device=ids.device)
+        late[inverse[first_late:]] = True
+        return rows, inverse, late
+
+    @staticmethod
+    def mm(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
+        return a @ b if bias is None else torch.addmm(bias, a, b)
+
+    @staticmethod
+    def gru_forward(gi: Tensor, gh: Tensor, h: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Gates after the two matrix products (blocks r, z, n): returns rz, n and the cell output."""
+        H = h.shape[1]
+        rz = torch.sigmoid(gi[:, : 2 * H] + gh[:, : 2 * H])
+        n = torch.tanh(torch.addcmul(gi[:, 2 * H :], rz[:, :H], gh[:, 2 * H :]))
+        out = torch.addcmul(n, rz[:, H:], h - n)
+        if mask is not None:
+            out = out * mask
+        return rz, n, out
+
+    @staticmethod
+    def output_xe(
+        x: Tensor, W_rows: Tensor, b_rows: Tensor, col_of: Tensor, log_q: Tensor | None,
+        logq: float, scale: float, eps: float,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The output layer with cross-entropy, forward and backward: (loss, dx, dW_rows, db_rows).
+
+        Scores are computed once per distinct item row and expanded to the columns, col_of[c]
+        being column c's row; gradients of columns that share a row are summed into it.
+        """
+        O = torch.addmm(b_rows.unsqueeze(0), x, W_rows.t()).index_select(1, col_of)
+        if log_q is not None:
+            O = O - logq * log_q
+        s = torch.softmax(O, dim=1)
+        target = torch.diagonal(s)
+        loss = -torch.log(target + eps).sum() * scale
+        # d/dO of -log(s_ii + eps) = (s_ii / (s_ii + eps)) * (s_i - e_i)
+        weight = (target / (target + eps)) * scale
+        dO = s.mul_(weight.unsqueeze(1))
+        torch.diagonal(dO).sub_(weight)
+        dO_rows = torch.zeros(len(x), len(W_rows), dtype=dO.dtype, device=dO.device).index_add_(1, col_of, dO)
+        return loss, dO_rows @ W_rows, dO_rows.t() @ x, dO_rows.sum(dim=0)
+
+    @staticmethod
+    def gru_backward(
+        dx: Tensor, mask: Tensor | None, h: Tensor, rz: Tensor, n: Tensor, gh: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """From d loss / d output to the gradients of gi and gh, and their column sums (bias gradients)."""
+        H = h.shape[1]
+        r, z = rz[:, :H], rz[:, H:]
+        if mask is not None:
+            dx = dx * mask
+        dpre_n = dx * (1.0 - z) * (1.0 - n * n)
+        d_rz = torch.cat([dpre_n * gh[:, 2 * H :], dx * (h - n)], dim=1) * rz * (1.0 - rz)
+        dgi = torch.cat([d_rz, dpre_n], dim=1)
+        dgh = torch.cat([d_rz, dpre_n * r], dim=1)
+        return dgi, dgh, dgi.sum(0), dgh.sum(0)
+
+
+def make_ops(n_items: int, device: torch.device) -> TorchOps | native.NativeOps:
+    """The compiled kernels on a CPU where they can be built, the PyTorch ones otherwise."""
+    if device.type == "cpu" and native.library() is not None:
+        return native.NativeOps(n_items)
+    return TorchOps(n_items, device)
 
 
 class FusedStep:
-    def __init__(self, model: GRU4Rec, optimizer: AdagradMomentum, loss_name: str, loss_fn: LossFn, logq: float) -> None:
+    def __init__(
+        self, model: GRU4Rec, optimizer: AdagradMomentum, loss_name: str, loss_fn: LossFn, logq: float,
+        ops: TorchOps | native.NativeOps | None = None,
+    ) -> None:
         self.model = model
         device = model.Wy.weight.device
-        self.distinct = DistinctRows(model.n_items, device)
+        self.ops = ops if ops is not None else make_ops(model.n_items, device)
         self.opt = optimizer
         self.loss_name = loss_name
         self.loss_fn = loss_fn
@@ -83,13 +145,13 @@ class FusedStep:
         self, inputs: Tensor, columns: Tensor, hidden: Hidden, log_q: Tensor | None = None
     ) -> tuple[Tensor, Hidden, Gradients]:
         """Forward and backward for one mini-batch: (loss, new hidden, gradients by hand)."""
-        model = self.model
+        model, ops = self.model, self.ops
         b = len(inputs)
         Wy, By = model.Wy.weight, model.By.weight
         shared = model.E is None
         # Work on each distinct item row once: the sampled columns repeat popular items many times.
         # Scores are computed per distinct row and then expanded to the B + n_sample columns.
-        rows, inverse = self.distinct(torch.cat([inputs, columns]) if shared else columns)
+        rows, inverse, is_column = ops.distinct(torch.cat([inputs, columns]) if shared else columns, b if shared else 0)
         col_of = inverse[b:] if shared else inverse
         W_rows = Wy.index_select(0, rows)
         b_rows = By.index_select(0, rows).squeeze(1)
@@ -99,49 +161,32 @@ class FusedStep:
             x = model.E.weight.index_select(0, inputs)
 
         # forward, keeping what the backward pass needs
-        embed_mask = _dropout_mask(x, self.p_embed)
+        embed_mask = dropout_mask(x, self.p_embed)
         if embed_mask is not None:
             x = x * embed_mask
         saved = []
         new_hidden: Hidden = []
         for cell, h in zip(model.cells, hidden):
-            H = h.shape[1]
-            gi = torch.addmm(cell.bias_ih, x, cell.weight_ih.t())
-            gh = torch.addmm(cell.bias_hh, h, cell.weight_hh.t())
-            rz = torch.sigmoid(gi[:, : 2 * H] + gh[:, : 2 * H])
-            r, z = rz[:, :H], rz[:, H:]
-            gh_n = gh[:, 2 * H :]
-            n = torch.tanh(torch.addcmul(gi[:, 2 * H :], r, gh_n))
-            out = torch.addcmul(n, z, h - n)
-            mask = _dropout_mask(out, self.p_hidden)
-            if mask is not None:
-                out = out * mask
-            saved.append((x, h, rz, n, gh_n, mask))
+            gi = ops.mm(x, cell.weight_ih.t(), cell.bias_ih)
+            gh = ops.mm(h, cell.weight_hh.t(), cell.bias_hh)
+            mask = dropout_mask(h, self.p_hidden)
+            rz, n, out = ops.gru_forward(gi, gh, h, mask)
+            saved.append((x, h, rz, n, gh, mask))
             new_hidden.append(out)
             x = out
-        O = torch.addmm(b_rows.unsqueeze(0), x, W_rows.t()).index_select(1, col_of)
-
-        # loss and its gradient with respect to the score matrix
-        dO, loss = self._loss_grad(O, log_q)
-
-        # backward through the output layer (column gradients summed per distinct row)
-        dO_rows = torch.zeros(b, len(rows), dtype=dO.dtype, device=dO.device).index_add_(1, col_of, dO)
-        dx = dO_rows @ W_rows
-        dW_rows = dO_rows.t() @ x
-        db_rows = dO_rows.sum(dim=0).unsqueeze(1)
+        # the output layer and the loss, forward and backward
+        scale = 1.0 / self.batch_size
+        if self.loss_name == "cross-entropy":
+            q = log_q if self.logq > 0 else None
+            loss, dx, dW_rows, db_rows = ops.output_xe(x, W_rows, b_rows, col_of, q, self.logq, scale, EPS)
+        else:
+            loss, dx, dW_rows, db_rows = self._output_autograd(x, W_rows, b_rows, col_of, log_q, scale)
         # backward through the GRU layers, last first
         dense_grads: list[Tensor] = []
-        for cell, (x_in, h, rz, n, gh_n, mask) in zip(reversed(model.cells), reversed(saved)):
-            H = h.shape[1]
-            r, z = rz[:, :H], rz[:, H:]
-            if mask is not None:
-                dx = dx * mask
-            dpre_n = dx * (1.0 - z) * (1.0 - n * n)
-            d_rz = torch.cat([dpre_n * gh_n, dx * (h - n)], dim=1) * rz * (1.0 - rz)
-            dgi = torch.cat([d_rz, dpre_n], dim=1)
-            dgh = torch.cat([d_rz, dpre_n * r], dim=1)
-            dense_grads = [dgi.t() @ x_in, dgh.t() @ h, dgi.sum(0), dgh.sum(0)] + dense_grads
-            dx = dgi @ cell.weight_ih
+        for cell, (x_in, h, rz, n, gh, mask) in zip(reversed(model.cells), reversed(saved)):
+            dgi, dgh, dbi, dbh = ops.gru_backward(dx, mask, h, rz, n, gh)
+            dense_grads = [ops.mm(dgi.t(), x_in), ops.mm(dgh.t(), h), dbi, dbh] + dense_grads
+            dx = ops.mm(dgi, cell.weight_ih)
         if embed_mask is not None:
             dx = dx * embed_mask
 
@@ -150,31 +195,22 @@ class FusedStep:
         if shared:
             dW_rows.index_add_(0, inverse[:b], dx)
             grads.sparse.append((Wy, rows, dW_rows))
-            is_column = torch.zeros(len(rows), dtype=torch.bool, device=rows.device)
-            is_column[col_of] = True
             keep = is_column.nonzero().squeeze(1)
-            grads.sparse.append((By, rows.index_select(0, keep), db_rows.index_select(0, keep)))
+            grads.sparse.append((By, rows.index_select(0, keep), db_rows.index_select(0, keep).unsqueeze(1)))
         else:
             E_rows, E_inverse = torch.unique(inputs, return_inverse=True)  # B ids: sorting is cheap
             dE = torch.zeros(len(E_rows), dx.shape[1], dtype=dx.dtype, device=dx.device).index_add_(0, E_inverse, dx)
-            grads.sparse += [(model.E.weight, E_rows, dE), (Wy, rows, dW_rows), (By, rows, db_rows)]
+            grads.sparse += [(model.E.weight, E_rows, dE), (Wy, rows, dW_rows), (By, rows, db_rows.unsqueeze(1))]
         return loss, new_hidden, grads
 
-    def _loss_grad(self, O: Tensor, log_q: Tensor | None) -> tuple[Tensor, Tensor]:
-        scale = 1.0 / self.batch_size
-        if self.loss_name == "cross-entropy":
-            if self.logq > 0 and log_q is not None:
-                O = O - self.logq * log_q
-            s = torch.softmax(O, dim=1)
-            target = torch.diagonal(s)
-            loss = -torch.log(target + EPS).sum() * scale
-            # d/dO of -log(s_ii + eps) = (s_ii / (s_ii + eps)) * (s_i - e_i)
-            weight = (target / (target + EPS)) * scale
-            dO = s.mul_(weight.unsqueeze(1))
-            torch.diagonal(dO).sub_(weight)
-            return dO, loss
+    def _output_autograd(
+        self, x: Tensor, W_rows: Tensor, b_rows: Tensor, col_of: Tensor, log_q: Tensor | None, scale: float
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The output layer for the other losses: autograd on the score matrix alone."""
+        O_rows = torch.addmm(b_rows.unsqueeze(0), x, W_rows.t())
         with torch.enable_grad():
-            leaf = O.detach().requires_grad_(True)
+            leaf = O_rows.index_select(1, col_of).requires_grad_(True)
             loss = self.loss_fn(leaf, log_q) * scale
             loss.backward()
-        return leaf.grad, loss.detach()
+        dO_rows = torch.zeros_like(O_rows).index_add_(1, col_of, leaf.grad)
+        return loss.detach(), dO_rows @ W_rows, dO_rows.t() @ x, dO_rows.sum(dim=0)

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from gru4rec import native
+
 
 @dataclass
 class Gradients:
@@ -74,6 +76,10 @@ class AdagradMomentum(torch.optim.Optimizer):
     def dense_update(self, params: Sequence[Tensor], grads: Sequence[Tensor]) -> None:
         """Update whole tensors, all at once with the multi-tensor (_foreach) kernels."""
         states = [self._state(p) for p in params]
+        if native.usable(*params):
+            for p, g, s in zip(params, grads, states):
+                native.adagrad_rows(p, s["acc"], s.get("mom"), None, g.contiguous(), self.lr, self.momentum, self.eps)
+            return
         accs = [s["acc"] for s in states]
         torch._foreach_addcmul_(accs, grads, grads)
         denom = torch._foreach_add(accs, self.eps)
@@ -98,6 +104,10 @@ class AdagradMomentum(torch.optim.Optimizer):
     def unique_rows_update(self, p: Tensor, rows: Tensor, grad: Tensor) -> None:
         """Update rows `rows` (no repeats) of p by their summed gradient `grad` (consumed)."""
         state = self._state(p)
+        if native.usable(p, rows):
+            grad = grad.contiguous()
+            native.adagrad_rows(p, state["acc"], state.get("mom"), rows, grad, self.lr, self.momentum, self.eps)
+            return
         acc = state["acc"].index_select(0, rows).addcmul_(grad, grad)
         state["acc"].index_copy_(0, rows, acc)
         update = grad.div_(acc.add_(self.eps).sqrt_()).mul_(-self.lr)

@@ -188,7 +188,7 @@ def test_cuda_requested_without_cuda(data, tmp_path, caplog, capsys):
 
 
 def test_diverging_training_is_a_clear_error(data, tmp_path, caplog, capsys):
-    argv = ["train", data["train"], "--out", str(tmp_path / "m"), *TINY, "--set", "learning_rate=1e30", "--set", "momentum=0.9"]
+    argv = ["train", data["train"], "--out", str(tmp_path / "m"), *TINY, "--set", "learning_rate=1e38", "--set", "momentum=0.9"]
     run_fails(argv, caplog, capsys, "diverged", "learning_rate")
 
 
