@@ -45,7 +45,7 @@ _SIGNATURES = {
     "g4r_gru_forward": (None, [_P, _P, _P, _P, _I, _I, _P, _P, _P]),
     "g4r_output_xe": (ctypes.c_double, [_P, _P, _P, _P, _P, _I, _I, _I, _I, _F, _F, _F, _P, _P, _P]),
     "g4r_gru_backward": (None, [_P, _P, _P, _P, _P, _P, _I, _I, _P, _P, _P, _P]),
-    "g4r_mm": (None, [_I, _I, _I, _P, _I, _I, _P, _I, _I, _P, _I, _I, _P]),
+    "g4r_mm": (None, [_I, _I, _I, _P, _I, _I, _P, _I, _I, _P, _I, _I, _P, ctypes.c_int]),
     "g4r_adagrad_rows": (None, [_P, _P, _P, _P, _P, _I, _I, _F, _F, _F]),
 }
 
@@ -128,16 +128,16 @@ def library() -> ctypes.CDLL | None:
 
 def usable(*tensors: Tensor) -> bool:
     """Whether the kernels apply: compiled here, and every tensor a dense float32/int64 CPU tensor."""
-    return all(
-        t.device.type == "cpu" and t.dtype in (torch.float32, torch.int64) and t.is_contiguous() for t in tensors
-    ) and library() is not None
+    return all(t.is_cpu and t.dtype in (torch.float32, torch.int64) and t.is_contiguous() for t in tensors) and (
+        library() is not None
+    )
 
 
 def _ptr(t: Tensor | None, dtype: torch.dtype = torch.float32) -> int | None:
     """Raw pointer to t's data, refusing anything the C code would misread."""
     if t is None:
         return None
-    if t.dtype != dtype or t.device.type != "cpu" or not t.is_contiguous():
+    if t.dtype != dtype or not t.is_cpu or not t.is_contiguous():
         raise ValueError(f"native kernel argument must be a contiguous {dtype} CPU tensor, got {t.dtype} {tuple(t.shape)}")
     return t.data_ptr()
 
@@ -169,8 +169,17 @@ class NativeOps:
         if K != K2 or a.dtype != torch.float32 or b.dtype != torch.float32 or a.device.type != "cpu" or b.device.type != "cpu":
             raise ValueError(f"mm of {a.dtype} {tuple(a.shape)} and {b.dtype} {tuple(b.shape)}")
         out = torch.empty(M, N)
-        self.lib.g4r_mm(M, N, K, a.data_ptr(), a.stride(0), a.stride(1), b.data_ptr(), b.stride(0), b.stride(1),
-                        out.data_ptr(), N, 1, _ptr(bias))
+        bias_ptr = _ptr(bias)
+        # The kernel copies the right-hand factor when its rows are not contiguous: when that would
+        # be the bigger one (x @ W^T), compute out^T = b^T a^T instead, writing out transposed.
+        if b.stride(1) != 1 and (a.stride(0) == 1 or M < N):
+            if bias is not None:
+                out.copy_(bias.expand(M, N))
+            self.lib.g4r_mm(N, M, K, b.data_ptr(), b.stride(1), b.stride(0), a.data_ptr(), a.stride(1), a.stride(0),
+                            out.data_ptr(), 1, N, None, bias is not None)
+        else:
+            self.lib.g4r_mm(M, N, K, a.data_ptr(), a.stride(0), a.stride(1), b.data_ptr(), b.stride(0), b.stride(1),
+                            out.data_ptr(), N, 1, bias_ptr, False)
         return out
 
     def gru_forward(self, gi: Tensor, gh: Tensor, h: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:

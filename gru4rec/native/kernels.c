@@ -144,10 +144,10 @@ static void gemm(int64_t M, int64_t N, int64_t K, const float *A, int64_t sai, i
     free(panel);
 }
 
-/* C = A B (+ bias), for the GRU layers' products; see gemm. */
+/* C (+)= A B (+ bias), for the GRU layers' products; see gemm. */
 void g4r_mm(int64_t M, int64_t N, int64_t K, const float *A, int64_t sai, int64_t sak, const float *B, int64_t sbk,
-            int64_t sbj, float *C, int64_t sci, int64_t scj, const float *bias) {
-    gemm(M, N, K, A, sai, sak, B, sbk, sbj, C, sci, scj, bias, 0);
+            int64_t sbj, float *C, int64_t sci, int64_t scj, const float *bias, int accumulate) {
+    gemm(M, N, K, A, sai, sak, B, sbk, sbj, C, sci, scj, bias, accumulate);
 }
 
 /* The output layer with cross-entropy loss, forward and backward, for one mini-batch.

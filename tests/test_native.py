@@ -1,0 +1,222 @@
+"""The compiled CPU kernels (gru4rec/native) against the portable PyTorch code they replace, the
+build cache, and the fallback when they cannot be built."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gru4rec import native
+from gru4rec.config import HyperParams
+from gru4rec.data import Sessions
+from gru4rec.fused import FusedStep, TorchOps
+from gru4rec.optim import AdagradMomentum
+from gru4rec.training import Trainer
+
+CPU = torch.device("cpu")
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def ops() -> native.NativeOps:
+    assert native.library() is not None, "the native kernels must build here (a C compiler is part of the set-up)"
+    return native.NativeOps(500)
+
+
+TORCH = TorchOps(500, CPU)
+SHAPES = [(32, 100, 1450, 2080), (5, 37, 50, 61), (1, 8, 3, 4), (80, 224, 300, 2128)]  # B, H, R, C
+
+
+def close(a: torch.Tensor, b: torch.Tensor, tol: float = 2e-5) -> bool:
+    return torch.allclose(a, b, rtol=tol, atol=tol * max(1.0, float(b.abs().max())))
+
+
+def test_distinct_rows(ops):
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 500, (700,), generator=gen)
+    for impl in (ops, TORCH):
+        rows, inverse, late = impl.distinct(ids, 40)
+        assert torch.equal(rows[inverse], ids)  # every id maps to its row
+        assert len(set(rows.tolist())) == len(rows) == len(set(ids.tolist()))
+        assert set(rows[late].tolist()) == set(ids[40:].tolist())  # rows that occur among the late ids
+    rows, _, _ = ops.distinct(ids, 40)
+    first = [int(i) for i in dict.fromkeys(ids.tolist())]
+    assert rows.tolist() == first  # native: order of first appearance
+    assert torch.equal(ops.slot, torch.full((500,), -1))  # the slot table is left clean for the next step
+
+
+@pytest.mark.parametrize("B,H,R,C", SHAPES)
+@pytest.mark.parametrize("with_logq", [True, False])
+def test_output_layer_cross_entropy(ops, B, H, R, C, with_logq):
+    gen = torch.Generator().manual_seed(B + H)
+    x = torch.randn(B, H, generator=gen)
+    W_rows, b_rows = torch.randn(R, H, generator=gen) * 0.3, torch.randn(R, generator=gen)
+    col_of = torch.randint(0, R, (C,), generator=gen)  # repeated rows, as sampled columns repeat items
+    log_q = torch.randn(C, generator=gen) if with_logq else None
+    got = ops.output_xe(x, W_rows, b_rows, col_of, log_q, 0.7, 1 / B, 1e-24)
+    want = TORCH.output_xe(x, W_rows, b_rows, col_of, log_q, 0.7, 1 / B, 1e-24)
+    for name, g, w in zip(("loss", "dx", "dW_rows", "db_rows"), got, want):
+        assert close(g, w), name
+
+
+def test_output_layer_extreme_scores_stay_exact_or_propagate(ops):
+    x, W = torch.full((2, 4), 30.0), torch.full((3, 4), 30.0)  # scores ~3,600: exp must not overflow after the shift
+    col_of = torch.tensor([0, 1, 2, 2])
+    got = ops.output_xe(x, W, torch.zeros(3), col_of, None, 0.0, 0.5, 1e-24)
+    want = TORCH.output_xe(x, W, torch.zeros(3), col_of, None, 0.0, 0.5, 1e-24)
+    assert all(close(g, w) for g, w in zip(got, want))
+    W[1, 0] = float("inf")  # a diverged weight must show as a non-finite loss, never be clamped away
+    loss = ops.output_xe(x, W, torch.zeros(3), col_of, None, 0.0, 0.5, 1e-24)[0]
+    assert not torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("B,H", [(32, 100), (3, 7), (80, 224)])
+@pytest.mark.parametrize("with_mask", [True, False])
+def test_gru_gates_forward_and_backward(ops, B, H, with_mask):
+    gen = torch.Generator().manual_seed(H)
+    gi, gh = torch.randn(B, 3 * H, generator=gen) * 3, torch.randn(B, 3 * H, generator=gen) * 3
+    h = torch.randn(B, H, generator=gen)
+    mask = (torch.rand(B, H, generator=gen) < 0.6).float() / 0.6 if with_mask else None
+    fwd = ops.gru_forward(gi, gh, h, mask)
+    for g, w in zip(fwd, TORCH.gru_forward(gi, gh, h, mask)):
+        assert close(g, w, 1e-6)
+    rz, n, _ = fwd
+    dx = torch.randn(B, H, generator=gen)
+    for g, w in zip(ops.gru_backward(dx, mask, h, rz, n, gh), TORCH.gru_backward(dx, mask, h, rz, n, gh)):
+        assert close(g, w, 1e-5)
+
+
+@pytest.mark.parametrize(
+    "a,b,bias",
+    [
+        (torch.randn(32, 100), torch.randn(300, 100).t(), torch.randn(300)),  # x W^T + b
+        (torch.randn(300, 32).t(), torch.randn(300, 100), None),  # d^T x
+        (torch.randn(32, 300), torch.randn(300, 100), None),  # d W
+        (torch.randn(7, 5), torch.randn(5, 33), torch.randn(33)),
+        (torch.randn(5, 9).t(), torch.randn(3, 5).t(), None),
+        (torch.randn(1, 1), torch.randn(1, 1), None),
+    ],
+)
+def test_matrix_product_any_strides(ops, a, b, bias):
+    want = a @ b if bias is None else torch.addmm(bias, a, b)
+    assert close(ops.mm(a, b, bias), want)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.4])
+def test_adagrad_rows_matches_the_formula(momentum):
+    gen = torch.Generator().manual_seed(3)
+    p, acc = torch.randn(20, 6, generator=gen), torch.rand(20, 6, generator=gen)
+    mom = torch.randn(20, 6, generator=gen) if momentum else None
+    rows, grad = torch.tensor([3, 0, 17, 9]), torch.randn(4, 6, generator=gen)
+    want_acc = acc.clone()
+    want_acc[rows] += grad**2
+    step = grad / torch.sqrt(want_acc[rows] + 1e-6) * -0.1
+    want_p, want_mom = p.clone(), None
+    if mom is not None:
+        want_mom = mom.clone()
+        want_mom[rows] = momentum * mom[rows] + step
+        step = want_mom[rows]
+    want_p[rows] += step
+    native.adagrad_rows(p, acc, mom, rows, grad, 0.1, momentum, 1e-6)
+    assert close(acc, want_acc, 1e-6) and close(p, want_p, 1e-6)
+    if mom is not None:
+        assert close(mom, want_mom, 1e-6)
+    untouched = [i for i in range(20) if i not in rows.tolist()]
+    assert torch.equal(p[untouched], want_p[untouched])
+    # a whole tensor at once (the dense GRU weights)
+    q, acc2, g = torch.randn(5, 3), torch.zeros(5, 3), torch.randn(5, 3)
+    expected = q + g / torch.sqrt(g * g + 1e-6) * -0.1
+    native.adagrad_rows(q, acc2, None, None, g, 0.1, 0.0, 1e-6)
+    assert close(q, expected, 1e-6)
+
+
+def test_kernels_refuse_tensors_they_would_misread(ops):
+    with pytest.raises(ValueError, match="contiguous"):
+        ops.gru_forward(torch.randn(4, 9).t().contiguous().t(), torch.randn(3, 12), torch.randn(3, 4), None)
+    with pytest.raises(ValueError, match="float32"):
+        ops.mm(torch.randn(2, 2, dtype=torch.float64), torch.randn(2, 2))
+
+
+def cyclic_sessions(n_items: int, n_sessions: int, seed: int) -> Sessions:
+    rng = np.random.default_rng(seed)
+    lists = []
+    for _ in range(n_sessions):
+        start, n = int(rng.integers(n_items)), int(rng.integers(2, 9))
+        lists.append([(start + k) % n_items for k in range(n)])
+    lengths = [len(x) for x in lists]
+    return Sessions(np.concatenate(lists).astype(np.int64), np.r_[0, np.cumsum(lengths)].astype(np.int64),
+                    np.array([f"s{i}" for i in range(len(lists))], dtype=object))
+
+
+@pytest.mark.parametrize("loss", ["cross-entropy", "bpr-max"])
+@pytest.mark.parametrize("mode", [dict(), dict(constrained_embedding=False, embedding=7)], ids=["shared", "separate"])
+def test_native_and_pytorch_fused_steps_train_the_same_model(loss, mode):
+    """Whole epochs with dropout, two layers and momentum: same losses and weights either way."""
+    n_items = 60
+    sessions = cyclic_sessions(n_items, 80, seed=1)
+    counts = np.bincount(sessions.items, minlength=n_items) + 1
+    params = HyperParams(layers=(24, 12), batch_size=9, n_sample=20, learning_rate=0.05, momentum=0.3, n_epochs=1,
+                         dropout_p_embed=0.2, dropout_p_hidden=0.3, logq=0.5, loss=loss, sample_cache_size=2000, **mode)
+    native_run = Trainer(params, sessions, counts, CPU, seed=4, step="fused")  # seeds the global RNG (dropout)
+    assert isinstance(native_run.fused.ops, native.NativeOps)
+    a = native_run.train_epoch(1)
+    torch_run = Trainer(params, sessions, counts, CPU, seed=4, step="fused")
+    torch_run.fused = FusedStep(torch_run.model, torch_run.optimizers[0], params.loss, torch_run.loss_fn, params.logq,
+                                ops=TorchOps(n_items, CPU))
+    b = torch_run.train_epoch(1)
+    assert a.loss == pytest.approx(b.loss, rel=1e-4)
+    for (name, v), w in zip(native_run.model.state_dict().items(), torch_run.model.state_dict().values()):
+        assert torch.allclose(v, w, rtol=1e-3, atol=1e-5), name
+
+
+def test_disabled_by_environment(monkeypatch):
+    native.library.cache_clear()
+    try:
+        monkeypatch.setenv("GRU4REC_NATIVE", "0")
+        assert native.library() is None
+        assert not native.usable(torch.zeros(2))
+        params = HyperParams(layers=(8,), batch_size=3, n_sample=4, n_epochs=1)
+        trainer = Trainer(params, cyclic_sessions(20, 10, 0), np.ones(20), CPU, seed=0, step="fused")
+        assert isinstance(trainer.fused.ops, TorchOps)  # the portable step, not an error
+        assert isinstance(trainer.optimizers[0], AdagradMomentum)
+        trainer.train_epoch(1)
+    finally:
+        native.library.cache_clear()
+
+
+def test_no_compiler_or_broken_build_falls_back_with_a_warning(monkeypatch, tmp_path, caplog):
+    native.library.cache_clear()
+    try:
+        monkeypatch.setenv("GRU4REC_CACHE_DIR", str(tmp_path / "cache"))
+        monkeypatch.setattr(native, "_compiler", lambda: None)
+        assert native.library() is None
+        assert "no C compiler" in caplog.text
+        native.library.cache_clear()
+        monkeypatch.undo()
+        monkeypatch.setenv("GRU4REC_CACHE_DIR", str(tmp_path / "cache"))
+        broken = tmp_path / "broken.c"
+        broken.write_text("this is not C;\n")
+        monkeypatch.setattr(native, "SOURCE", broken)
+        assert native.library() is None
+        assert "could not compile" in caplog.text
+        assert list((tmp_path / "cache").iterdir()) == []  # no half-written library left behind
+    finally:
+        native.library.cache_clear()
+
+
+def test_build_is_cached_per_source(monkeypatch, tmp_path):
+    native.library.cache_clear()
+    try:
+        monkeypatch.setenv("GRU4REC_CACHE_DIR", str(tmp_path))
+        assert native.library() is not None
+        built = sorted(p.name for p in tmp_path.iterdir())
+        assert len(built) == 1 and built[0].startswith("kernels-") and built[0].endswith(".so")
+        mtime = (tmp_path / built[0]).stat().st_mtime_ns
+        native.library.cache_clear()
+        assert native.library() is not None  # found, not rebuilt
+        assert (tmp_path / built[0]).stat().st_mtime_ns == mtime
+        assert sorted(p.name for p in tmp_path.iterdir()) == built
+    finally:
+        native.library.cache_clear()
