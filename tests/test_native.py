@@ -220,3 +220,18 @@ def test_build_is_cached_per_source(monkeypatch, tmp_path):
         assert sorted(p.name for p in tmp_path.iterdir()) == built
     finally:
         native.library.cache_clear()
+
+
+def test_out_of_range_indices_raise_instead_of_corrupting_memory(ops):
+    with pytest.raises(IndexError):
+        ops.distinct(torch.tensor([3, 500]), 1)
+    assert torch.equal(ops.slot, torch.full((500,), -1))
+    x, W = torch.randn(2, 4), torch.randn(3, 4)
+    with pytest.raises(IndexError):
+        ops.output_xe(x, W, torch.zeros(3), torch.tensor([0, 1, 3]), None, 0.0, 0.5, 1e-24)
+    with pytest.raises(IndexError):
+        ops.output_xe(x, W, torch.zeros(3), torch.tensor([0]), None, 0.0, 0.5, 1e-24)  # fewer columns than rows
+    p = torch.zeros(4, 2)
+    with pytest.raises(IndexError):
+        native.adagrad_rows(p, torch.zeros(4, 2), None, torch.tensor([1, 4]), torch.ones(2, 2), 0.1, 0.0, 1e-6)
+    assert torch.equal(p, torch.zeros(4, 2))  # nothing was updated

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import logging
+import math
 import os
 import platform
 import shutil
@@ -41,12 +42,12 @@ _P = ctypes.c_void_p
 _I = ctypes.c_int64
 _F = ctypes.c_float
 _SIGNATURES = {
-    "g4r_distinct": (_I, [_P, _I, _I, _P, _P, _P, _P]),
+    "g4r_distinct": (_I, [_P, _I, _I, _P, _I, _P, _P, _P]),
     "g4r_gru_forward": (None, [_P, _P, _P, _P, _I, _I, _P, _P, _P]),
     "g4r_output_xe": (ctypes.c_double, [_P, _P, _P, _P, _P, _I, _I, _I, _I, _F, _F, _F, _P, _P, _P]),
     "g4r_gru_backward": (None, [_P, _P, _P, _P, _P, _P, _I, _I, _P, _P, _P, _P]),
     "g4r_mm": (None, [_I, _I, _I, _P, _I, _I, _P, _I, _I, _P, _I, _I, _P, ctypes.c_int]),
-    "g4r_adagrad_rows": (None, [_P, _P, _P, _P, _P, _I, _I, _F, _F, _F]),
+    "g4r_adagrad_rows": (_I, [_P, _P, _P, _I, _P, _P, _I, _I, _F, _F, _F]),
 }
 
 
@@ -88,7 +89,8 @@ def _build(compiler: str, out_dir: Path) -> Path | None:
         fd, tmp = tempfile.mkstemp(prefix=".kernels-", suffix=".so", dir=out_dir)
         os.close(fd)
         try:
-            done = subprocess.run([compiler, *flags, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True, timeout=120)
+            command = [compiler, *flags, "-o", tmp, str(SOURCE), "-lm"]
+            done = subprocess.run(command, capture_output=True, text=True, timeout=120)
             if done.returncode == 0:
                 os.replace(tmp, target)  # atomic: concurrent builders each install a complete file
                 return target
@@ -138,7 +140,8 @@ def _ptr(t: Tensor | None, dtype: torch.dtype = torch.float32) -> int | None:
     if t is None:
         return None
     if t.dtype != dtype or not t.is_cpu or not t.is_contiguous():
-        raise ValueError(f"native kernel argument must be a contiguous {dtype} CPU tensor, got {t.dtype} {tuple(t.shape)}")
+        raise ValueError(f"native kernel argument must be a contiguous {dtype} CPU tensor, got {t.dtype} "
+                         f"{tuple(t.shape)}")
     return t.data_ptr()
 
 
@@ -159,14 +162,16 @@ class NativeOps:
         n = len(ids)
         rows, inverse = torch.empty(n, dtype=_LONG), torch.empty(n, dtype=_LONG)
         late = torch.empty(n, dtype=torch.uint8)
-        m = self.lib.g4r_distinct(_ptr(ids, _LONG), n, first_late, _ptr(self.slot, _LONG), rows.data_ptr(),
-                                  inverse.data_ptr(), late.data_ptr())
+        m = self.lib.g4r_distinct(_ptr(ids, _LONG), n, first_late, _ptr(self.slot, _LONG), len(self.slot),
+                                  rows.data_ptr(), inverse.data_ptr(), late.data_ptr())
+        if m < 0:
+            raise IndexError(f"item index out of range [0, {len(self.slot)})")
         return rows[:m], inverse, late[:m].bool()
 
     def mm(self, a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
         """a @ b (+ bias per column) for float32 CPU matrices of any strides (transposed views included)."""
         (M, K), (K2, N) = a.shape, b.shape
-        if K != K2 or a.dtype != torch.float32 or b.dtype != torch.float32 or a.device.type != "cpu" or b.device.type != "cpu":
+        if K != K2 or a.dtype != torch.float32 or b.dtype != torch.float32 or not (a.is_cpu and b.is_cpu):
             raise ValueError(f"mm of {a.dtype} {tuple(a.shape)} and {b.dtype} {tuple(b.shape)}")
         out = torch.empty(M, N)
         bias_ptr = _ptr(bias)
@@ -185,7 +190,8 @@ class NativeOps:
     def gru_forward(self, gi: Tensor, gh: Tensor, h: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         B, H = h.shape
         rz, n, out = torch.empty(B, 2 * H), torch.empty(B, H), torch.empty(B, H)
-        self.lib.g4r_gru_forward(_ptr(gi), _ptr(gh), _ptr(h), _ptr(mask), B, H, rz.data_ptr(), n.data_ptr(), out.data_ptr())
+        self.lib.g4r_gru_forward(_ptr(gi), _ptr(gh), _ptr(h), _ptr(mask), B, H, rz.data_ptr(), n.data_ptr(),
+                                 out.data_ptr())
         return rz, n, out
 
     def output_xe(
@@ -197,6 +203,8 @@ class NativeOps:
         dx, dW_rows, db_rows = torch.empty(B, H), torch.empty(R, H), torch.empty(R)
         loss = self.lib.g4r_output_xe(_ptr(x), _ptr(W_rows), _ptr(b_rows), _ptr(col_of, _LONG), _ptr(log_q), B, H, R, C,
                                       logq, scale, eps, dx.data_ptr(), dW_rows.data_ptr(), db_rows.data_ptr())
+        if loss == -math.inf:
+            raise IndexError(f"output_xe: {C} columns for {B} rows, or a column's row outside [0, {R})")
         return torch.tensor(loss, dtype=torch.float32), dx, dW_rows, db_rows
 
     def gru_backward(
@@ -221,7 +229,12 @@ def adagrad_rows(
     if rows is None:  # a whole tensor is one long row
         n, D, row_ptr = 1, p.numel(), _ROW_ZERO.data_ptr()
     else:
-        n, D, row_ptr = len(rows), p[0].numel() if p.dim() > 1 else 1, _ptr(rows, _LONG)
+        n, D, row_ptr = len(rows), p.numel() // max(len(p), 1), _ptr(rows, _LONG)
         if grad.numel() != n * D:
             raise ValueError(f"gradient of {tuple(grad.shape)} for {n} rows of length {D}")
-    lib.g4r_adagrad_rows(_ptr(p), _ptr(acc), _ptr(mom), row_ptr, _ptr(grad), n, D, lr, momentum, eps)
+    sizes_differ = acc.numel() != p.numel() or (mom is not None and mom.numel() != p.numel())
+    if sizes_differ or (rows is None and grad.numel() != p.numel()):
+        raise ValueError(f"parameter {tuple(p.shape)}, state {tuple(acc.shape)} and gradient {tuple(grad.shape)} disagree")
+    n_rows = len(p) if rows is not None else 1
+    if lib.g4r_adagrad_rows(_ptr(p), _ptr(acc), _ptr(mom), n_rows, row_ptr, _ptr(grad), n, D, lr, momentum, eps) < 0:
+        raise IndexError(f"row index out of range [0, {n_rows})")

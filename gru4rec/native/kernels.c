@@ -45,11 +45,14 @@ static inline float tanh_f32(float x) {
 }
 
 /* Distinct ids in order of first appearance: rows[0..m) and inverse[i] = position of ids[i] in
- * rows; returns m. `slot` has one entry per item, all -1 on entry and again on return.
+ * rows; returns m, or -1 (nothing written) when an id is outside [0, n_slots). `slot` has one
+ * entry per item, all -1 on entry and again on return.
  * is_late[j] = 1 when row j occurs at some position >= first_late (the score columns, when the
  * first ids are a mini-batch's inputs). */
-int64_t g4r_distinct(const int64_t *restrict ids, int64_t n, int64_t first_late, int64_t *restrict slot, int64_t *restrict rows,
-                     int64_t *restrict inverse, uint8_t *restrict is_late) {
+int64_t g4r_distinct(const int64_t *restrict ids, int64_t n, int64_t first_late, int64_t *restrict slot,
+                     int64_t n_slots, int64_t *restrict rows, int64_t *restrict inverse, uint8_t *restrict is_late) {
+    for (int64_t i = 0; i < n; ++i)
+        if (ids[i] < 0 || ids[i] >= n_slots) return -1;
     int64_t m = 0;
     for (int64_t i = 0; i < n; ++i) {
         int64_t id = ids[i];
@@ -70,8 +73,9 @@ int64_t g4r_distinct(const int64_t *restrict ids, int64_t n, int64_t first_late,
 /* One GRU cell, forward, after the two matrix products gi = x W_ih^T + b_ih, gh = h W_hh^T + b_hh
  * (B x 3H, gate blocks r, z, n): rz = sigmoid(gi + gh) over the r and z blocks,
  * n = tanh(gi_n + r * gh_n), out = (n + z * (h - n)) * mask (mask may be NULL). */
-void g4r_gru_forward(const float *restrict gi, const float *restrict gh, const float *restrict h, const float *restrict mask, int64_t B, int64_t H,
-                     float *restrict rz, float *restrict n_out, float *restrict out) {
+void g4r_gru_forward(const float *restrict gi, const float *restrict gh, const float *restrict h,
+                     const float *restrict mask, int64_t B, int64_t H, float *restrict rz, float *restrict n_out,
+                     float *restrict out) {
     for (int64_t b = 0; b < B; ++b) {
         const float *gib = gi + b * 3 * H, *ghb = gh + b * 3 * H, *hb = h + b * H;
         float *rzb = rz + b * 2 * H, *nb = n_out + b * H, *ob = out + b * H;
@@ -158,12 +162,17 @@ void g4r_mm(int64_t M, int64_t N, int64_t K, const float *A, int64_t sai, int64_
  * is column i. Loss: scale * sum_i -log(softmax(O_i)_i + eps), returned. Writes dx (B x H),
  * dW_rows (R x H) and db_rows (R): the gradients, summed over the columns that share a row.
  *
+ * Returns -inf (nothing computed) when a col_of entry is outside [0, R) or C < B.
+ *
  * Scores are kept transposed (one row of B values per item row) so that the columns' gathers and
  * the gradient's scatter-add move B contiguous floats at a time. */
 double g4r_output_xe(const float *restrict x, const float *restrict W_rows, const float *restrict b_rows,
                      const int64_t *restrict col_of, const float *restrict log_q, int64_t B, int64_t H, int64_t R,
                      int64_t C, float logq, float scale, float eps, float *restrict dx, float *restrict dW_rows,
                      float *restrict db_rows) {
+    if (C < B) return -INFINITY;
+    for (int64_t c = 0; c < C; ++c)
+        if (col_of[c] < 0 || col_of[c] >= R) return -INFINITY;
     float *OT = malloc(sizeof(float) * (size_t)(R * B));  /* scores, then their gradient */
     float *E = malloc(sizeof(float) * (size_t)(C * B));   /* corrected scores, then exp */
     float *mx = malloc(sizeof(float) * (size_t)B), *sum = malloc(sizeof(float) * (size_t)B);
@@ -221,8 +230,9 @@ double g4r_output_xe(const float *restrict x, const float *restrict W_rows, cons
 /* One GRU cell, backward, from dx = d loss / d out (B x H) and what the forward pass kept.
  * gh_n is the n block of gh (row stride 3H). Writes dgi, dgh (B x 3H) and their column sums
  * dbi, dbh (3H), which are the bias gradients. */
-void g4r_gru_backward(const float *restrict dx, const float *restrict mask, const float *restrict h, const float *restrict rz, const float *restrict n_in,
-                      const float *restrict gh, int64_t B, int64_t H, float *restrict dgi, float *restrict dgh, float *restrict dbi, float *restrict dbh) {
+void g4r_gru_backward(const float *restrict dx, const float *restrict mask, const float *restrict h,
+                      const float *restrict rz, const float *restrict n_in, const float *restrict gh, int64_t B,
+                      int64_t H, float *restrict dgi, float *restrict dgh, float *restrict dbi, float *restrict dbh) {
     memset(dbi, 0, sizeof(float) * (size_t)(3 * H));
     memset(dbh, 0, sizeof(float) * (size_t)(3 * H));
     for (int64_t b = 0; b < B; ++b) {
@@ -252,9 +262,13 @@ void g4r_gru_backward(const float *restrict dx, const float *restrict mask, cons
 
 /* Adagrad with momentum on rows rows[0..n) (no repeats) of w (row length D):
  *   acc += g^2;  u = g / sqrt(acc + eps) * -lr;  mom = momentum * mom + u;  w += mom
- * mom may be NULL (no momentum: w += u). */
-void g4r_adagrad_rows(float *restrict w, float *restrict acc, float *restrict mom, const int64_t *restrict rows, const float *restrict grad, int64_t n, int64_t D,
-                      float lr, float momentum, float eps) {
+ * mom may be NULL (no momentum: w += u). w has n_rows rows; returns -1 (nothing updated) when a
+ * row index is outside them, else 0. */
+int64_t g4r_adagrad_rows(float *restrict w, float *restrict acc, float *restrict mom, int64_t n_rows,
+                         const int64_t *restrict rows, const float *restrict grad, int64_t n, int64_t D, float lr,
+                         float momentum, float eps) {
+    for (int64_t i = 0; i < n; ++i)
+        if (rows[i] < 0 || rows[i] >= n_rows) return -1;
     for (int64_t i = 0; i < n; ++i) {
         int64_t r = rows[i] * D;
         const float *g = grad + i * D;
@@ -277,4 +291,5 @@ void g4r_adagrad_rows(float *restrict w, float *restrict acc, float *restrict mo
             }
         }
     }
+    return 0;
 }
