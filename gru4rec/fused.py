@@ -95,8 +95,7 @@ class TorchOps:
         weight = (target / (target + eps)) * scale
         dO = s.mul_(weight.unsqueeze(1))
         torch.diagonal(dO).sub_(weight)
-        dO_rows = torch.zeros(len(x), len(W_rows), dtype=dO.dtype, device=dO.device).index_add_(1, col_of, dO)
-        return loss, dO_rows @ W_rows, dO_rows.t() @ x, dO_rows.sum(dim=0)
+        return (loss, *output_backward(dO, col_of, x, W_rows))
 
     @staticmethod
     def gru_backward(
@@ -112,6 +111,12 @@ class TorchOps:
         dgi = torch.cat([d_rz, dpre_n], dim=1)
         dgh = torch.cat([d_rz, dpre_n * r], dim=1)
         return dgi, dgh, dgi.sum(0), dgh.sum(0)
+
+
+def output_backward(dO: Tensor, col_of: Tensor, x: Tensor, W_rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """From d loss / d scores of the columns to (dx, dW_rows, db_rows): columns summed per item row."""
+    dO_rows = torch.zeros(len(x), len(W_rows), dtype=dO.dtype, device=dO.device).index_add_(1, col_of, dO)
+    return dO_rows @ W_rows, dO_rows.t() @ x, dO_rows.sum(dim=0)
 
 
 def make_ops(n_items: int, device: torch.device) -> TorchOps | native.NativeOps:
@@ -217,5 +222,4 @@ class FusedStep:
             leaf = O_rows.index_select(1, col_of).requires_grad_(True)
             loss = self.loss_fn(leaf, log_q) * scale
             loss.backward()
-        dO_rows = torch.zeros_like(O_rows).index_add_(1, col_of, leaf.grad)
-        return loss.detach(), dO_rows @ W_rows, dO_rows.t() @ x, dO_rows.sum(dim=0)
+        return (loss.detach(), *output_backward(leaf.grad, col_of, x, W_rows))

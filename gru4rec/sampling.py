@@ -3,8 +3,8 @@
 Drawing millions of samples at once and handing out one row per mini-batch is far cheaper than
 sampling every step; the buffer lives on the training device and is redrawn when used up. Draws
 use Walker's alias method (a uniform bucket, then one comparison), which fills a 10-million-sample
-buffer about ten times faster than a binary search in the cumulative distribution: with the
-reference's buffer size that search cost ~0.15 ms per mini-batch on a CPU, a fifth of a step.
+buffer about four times faster than a binary search in the cumulative distribution (0.16 s against
+0.69 s on one CPU core): the search cost ~0.15 ms per mini-batch, a fifth of a fused step.
 """
 
 from __future__ import annotations
@@ -45,8 +45,6 @@ class NegativeSampler:
         self.n_sample = n_sample
         self.generator = generator
         weights = (item_counts.double().clamp_min(0) ** sample_alpha).cpu().numpy()
-        if item_counts.numel() and sample_alpha > 0:
-            weights[item_counts.cpu().numpy() <= 0] = 0.0  # 0 ** alpha is 0, but keep unseen items out for any alpha > 0
         prob, alias = alias_table(weights)
         self.prob = torch.from_numpy(prob).float().to(item_counts.device)
         self.alias = torch.from_numpy(alias).to(item_counts.device)
