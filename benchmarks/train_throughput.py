@@ -3,7 +3,7 @@
 CPU: `rsc15-xe` on rsc15_100k train_full (70,278 events, 2,933 items) with the fused step (compiled
 kernels, and PyTorch ops only) and the eager (autograd) step, for the given torch thread counts.
 The authors' reference code does about 14,900 events/s on a 2-core machine of this kind. With
---gpu (and CUDA present), also batch sizes 32 and 256.
+--gpu (and CUDA present), also batch sizes 32, 64 and 256.
 
     python benchmarks/train_throughput.py [--epochs 4] [--threads 1 2] [--steps fused fused-torch eager]
 """
@@ -55,7 +55,7 @@ def main() -> None:
                     help="fused: the hand-written step with the compiled CPU kernels; fused-torch: the same step "
                     "in PyTorch ops only (GRU4REC_NATIVE=0); eager: autograd")
     ap.add_argument("--gpu", action="store_true", help="also measure on CUDA at batch sizes --gpu-batches")
-    ap.add_argument("--gpu-batches", type=int, nargs="+", default=[32, 256])
+    ap.add_argument("--gpu-batches", type=int, nargs="+", default=[32, 64, 256])
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     params = load_params(args.params)
