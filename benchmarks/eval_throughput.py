@@ -24,10 +24,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from gru4rec.config import HyperParams  # noqa: E402
-from gru4rec.data import Sessions  # noqa: E402
-from gru4rec.evaluation import TIE_MODES, ModelScorer, evaluate  # noqa: E402
-from gru4rec.model import GRU4Rec  # noqa: E402
+from gru4rec.training.params import HyperParams  # noqa: E402
+from gru4rec.data.sessions import Sessions  # noqa: E402
+from gru4rec.evaluation.protocol import TIE_MODES, ModelScorer, evaluate  # noqa: E402
+from gru4rec.model.network import GRU4Rec  # noqa: E402
 
 
 def synthetic_sessions(n_sessions: int, n_items: int, seed: int) -> Sessions:

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from gru4rec import native
-from gru4rec.config import load_params
-from gru4rec.data import load_training_data
-from gru4rec.training import Trainer
+from gru4rec.training import native
+from gru4rec.training.params import load_params
+from gru4rec.data.sessions import load_training_data
+from gru4rec.training.trainer import Trainer
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rsc15_100k" / "yoochoose-clicks-100k_train_full.txt.gz"
 REFERENCE_CPU = 14_900

@@ -31,9 +31,9 @@ import numpy as np
 import pyarrow as pa
 
 from data_prep.readers import ColumnMap, RawLog, read_log
-from gru4rec.atomic import atomic_dir, atomic_file
-from gru4rec.errors import UserError
-from gru4rec.logs import progress
+from gru4rec.foundation.atomic import atomic_dir, atomic_file
+from gru4rec.foundation.errors import UserError
+from gru4rec.foundation.logs import progress
 
 log = logging.getLogger(__name__)
 
@@ -567,7 +567,7 @@ def _release_arrow_memory() -> None:
 
 
 def write_outputs(prepared: Prepared, out_dir: Path, stats: dict, parquet: bool) -> None:
-    from data_prep.session_files import write_session_file
+    from gru4rec.data.session_files import write_session_file
 
     for name in progress(SPLITS, desc="write", unit="split"):
         df = _output_frame(prepared, prepared.splits[name])

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from gru4rec.errors import UserError
+from gru4rec.foundation.errors import UserError
 
 log = logging.getLogger(__name__)
 

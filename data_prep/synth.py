@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gru4rec.atomic import atomic_file
-from gru4rec.errors import UserError
-from gru4rec.logs import progress
+from gru4rec.foundation.atomic import atomic_file
+from gru4rec.foundation.errors import UserError
+from gru4rec.foundation.logs import progress
 
 log = logging.getLogger(__name__)
 
@@ -580,7 +580,7 @@ def write_yoochoose(df: pd.DataFrame, path: str | os.PathLike[str]) -> None:
 
 def write_tsv(df: pd.DataFrame, path: str | os.PathLike[str]) -> None:
     """Write `df` as a prepared session file (TSV with header, or Parquet by the .parquet suffix)."""
-    from data_prep.session_files import write_session_file
+    from gru4rec.data.session_files import write_session_file
 
     try:
         write_session_file(df, path)

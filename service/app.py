@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from gru4rec import __version__
-from gru4rec.errors import UserError
+from gru4rec.foundation.errors import UserError
 from service import errors
 from service.metrics import Metrics, multiprocess_dir
 from service.middleware import BodySizeLimitMiddleware, MetricsMiddleware

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from gru4rec.checkpoint import Checkpoint, load_checkpoint, read_metadata
-from gru4rec.errors import UserError
+from gru4rec.model.checkpoint import Checkpoint, load_checkpoint, read_metadata
+from gru4rec.foundation.errors import UserError
 
 log = logging.getLogger(__name__)
 

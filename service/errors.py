@@ -8,7 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from gru4rec.errors import UserError
+from gru4rec.foundation.errors import UserError
 from service.recommender import LimitExceeded, UnknownSession
 from service.sessions import SessionConflict, SessionStoreError
 

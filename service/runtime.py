@@ -16,8 +16,8 @@ from pathlib import Path
 
 from anyio import to_thread
 
-from gru4rec.checkpoint import METADATA_FILE, read_metadata
-from gru4rec.errors import UserError
+from gru4rec.model.checkpoint import METADATA_FILE, read_metadata
+from gru4rec.foundation.errors import UserError
 from service.engine import ModelBundle, load_bundle
 from service.metrics import Metrics
 

@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 import torch
 
-from gru4rec.baselines import BASELINES, fit_baseline, load_train_set, parse_baseline_spec
-from gru4rec.data import load_eval_data
-from gru4rec.errors import UserError
-from gru4rec.evaluation import evaluate, evaluate_file
+from gru4rec.evaluation.baselines import BASELINES, fit_baseline, load_train_set, parse_baseline_spec
+from gru4rec.data.sessions import load_eval_data
+from gru4rec.foundation.errors import UserError
+from gru4rec.evaluation.protocol import evaluate, evaluate_file
 from conftest import require_shared
 
 SESSIONS = {"A": ([0, 1, 2], 100), "B": ([1, 2, 3], 200), "C": ([0, 2, 0, 4], 300), "D": ([3, 4], 400)}

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gru4rec.batching import count_steps, session_parallel_steps
-from gru4rec.data import Sessions, order_events
+from gru4rec.training.batching import count_steps, session_parallel_steps
+from gru4rec.data.sessions import Sessions, order_events
 
 
 def make_sessions(lengths: list[int]) -> Sessions:

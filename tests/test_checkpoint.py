@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from gru4rec.checkpoint import (
+from gru4rec.model.checkpoint import (
     FORMAT_VERSION,
     METADATA_FILE,
     MODEL_FILE,
@@ -22,10 +22,10 @@ from gru4rec.checkpoint import (
     read_metadata,
     save_checkpoint,
 )
-from gru4rec.config import HyperParams
-from gru4rec.data import ItemMap
-from gru4rec.errors import UserError
-from gru4rec.model import GRU4Rec
+from gru4rec.training.params import HyperParams
+from gru4rec.data.sessions import ItemMap
+from gru4rec.foundation.errors import UserError
+from gru4rec.model.network import GRU4Rec
 
 IDS = ["214536502", "214536500", "apple", "x y", "7", "ü-item"]
 PROBE = [[0, 5, 2], [3, 3, 1]]
@@ -91,8 +91,8 @@ def test_weights_only_load_in_fresh_process(tmp_path):
         d = Path(sys.argv[1])
         state = torch.load(d / {MODEL_FILE!r}, weights_only=True)  # plain tensors, no pickled objects
         assert all(isinstance(v, torch.Tensor) for v in state.values()), state.keys()
-        from gru4rec.config import from_mapping
-        from gru4rec.model import GRU4Rec
+        from gru4rec.training.params import from_mapping
+        from gru4rec.model.network import GRU4Rec
         meta = json.loads((d / {METADATA_FILE!r}).read_text())
         model = GRU4Rec(len(meta["item_ids"]), from_mapping(meta["hyperparameters"]))
         model.load_state_dict(state)

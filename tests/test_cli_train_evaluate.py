@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import require_shared
-from gru4rec.checkpoint import METADATA_FILE, RESUME_FILE
+from gru4rec.model.checkpoint import METADATA_FILE, RESUME_FILE
 from gru4rec.cli import main
 
 N_ITEMS = 30

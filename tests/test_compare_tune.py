@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 
 from gru4rec.cli import main
-from gru4rec.config import HyperParams, builtin_names, load_params
-from gru4rec.errors import UserError
-from gru4rec.training import train
-from gru4rec.tune import builtin_spaces, load_space
+from gru4rec.training.params import HyperParams, builtin_names, load_params
+from gru4rec.foundation.errors import UserError
+from gru4rec.training.trainer import train
+from gru4rec.tuning.search import builtin_spaces, load_space
 
 TINY = {"layers": (16,), "n_epochs": 1, "n_sample": 16, "batch_size": 16}
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from gru4rec.config import HyperParams, builtin_names, from_mapping, load_params, save_params
-from gru4rec.errors import UserError
+from gru4rec.training.params import HyperParams, builtin_names, from_mapping, load_params, save_params
+from gru4rec.foundation.errors import UserError
 
 RSC15_XE = dict(
     loss="cross-entropy", constrained_embedding=True, embedding=0, layers=(100,), batch_size=32,

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from gru4rec.config import HyperParams
-from gru4rec.data import ItemMap, Sessions, load_eval_data
-from gru4rec.errors import UserError
-from gru4rec.evaluation import ModelScorer, check_cutoffs, evaluate, metrics_from_ranks, target_ranks
-from gru4rec.model import GRU4Rec
+from gru4rec.training.params import HyperParams
+from gru4rec.data.sessions import ItemMap, Sessions, load_eval_data
+from gru4rec.foundation.errors import UserError
+from gru4rec.evaluation.protocol import ModelScorer, check_cutoffs, evaluate, metrics_from_ranks, target_ranks
+from gru4rec.model.network import GRU4Rec
 
 
 # ---- ranks and metrics on hand-made scores ----

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from gru4rec.cli import main
-from gru4rec.config import HyperParams
-from gru4rec.data import ItemMap, Sessions
-from gru4rec.errors import UserError
-from gru4rec.evaluation import (
+from gru4rec.training.params import HyperParams
+from gru4rec.data.sessions import ItemMap, Sessions
+from gru4rec.foundation.errors import UserError
+from gru4rec.evaluation.protocol import (
     ModelScorer,
     evaluate,
     evaluate_file,
@@ -26,7 +26,7 @@ from gru4rec.evaluation import (
     ranks_of_scores,
     target_ranks,
 )
-from gru4rec.model import GRU4Rec
+from gru4rec.model.network import GRU4Rec
 
 # Score rows by last clicked item (6 items). T[1] has a tie at the top, T[3] a five-way tie.
 T = torch.tensor([
@@ -287,7 +287,7 @@ def test_evaluate_command_baseline_json_and_plot(tmp_path, capsys):
 
 
 def test_evaluate_command_model(tmp_path):
-    from gru4rec.training import train
+    from gru4rec.training.trainer import train
 
     train_file, test = tiny_split(tmp_path)
     train(train_file, tmp_path / "model", HyperParams(layers=(16,), n_epochs=1, n_sample=16, batch_size=16), device="cpu")

@@ -14,12 +14,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from gru4rec.checkpoint import load_checkpoint
+from gru4rec.model.checkpoint import load_checkpoint
 from gru4rec.cli import main
-from gru4rec.config import load_params
-from gru4rec.errors import UserError
-from gru4rec.export import export_model, sidecar_path
-from gru4rec.training import train
+from gru4rec.training.params import load_params
+from gru4rec.foundation.errors import UserError
+from gru4rec.model.export import export_model, sidecar_path
+from gru4rec.training.trainer import train
 
 # torch 2.13 flags torch.jit.load as deprecated; loading TorchScript is exactly what is tested here
 pytestmark = [
@@ -174,7 +174,7 @@ def test_onnx_without_the_extra_names_the_install_command(models, tmp_path, monk
 def test_a_failed_verification_keeps_the_previous_export(models, tmp_path, monkeypatch):
     out = tmp_path / "model.pt"
     out.write_bytes(b"previous export")
-    monkeypatch.setattr("gru4rec.export.VERIFY_ATOL", -1.0)  # every export now "differs"
+    monkeypatch.setattr("gru4rec.model.export.VERIFY_ATOL", -1.0)  # every export now "differs"
     with pytest.raises(RuntimeError, match="differs from the eager model"):
         export_model(models["shared"], out, "torchscript")
     assert out.read_bytes() == b"previous export" and not sidecar_path(out).exists()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from gru4rec.losses import bpr, bpr_max, cross_entropy, make_loss, top1, top1_max
+from gru4rec.training.losses import bpr, bpr_max, cross_entropy, make_loss, top1, top1_max
 
 EPS = 1e-24
 

@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 
-from gru4rec.config import HyperParams
-from gru4rec.errors import UserError
-from gru4rec.model import GRU4Rec
+from gru4rec.training.params import HyperParams
+from gru4rec.foundation.errors import UserError
+from gru4rec.model.network import GRU4Rec
 
 
 def make(n_items=13, **kw) -> GRU4Rec:

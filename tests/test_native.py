@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from gru4rec import native
-from gru4rec.config import HyperParams
-from gru4rec.data import Sessions
-from gru4rec.fused import FusedStep, TorchOps
-from gru4rec.optim import AdagradMomentum
-from gru4rec.training import Trainer
+from gru4rec.training import native
+from gru4rec.training.params import HyperParams
+from gru4rec.data.sessions import Sessions
+from gru4rec.training.fused import FusedStep, TorchOps
+from gru4rec.training.optim import AdagradMomentum
+from gru4rec.training.trainer import Trainer
 
 CPU = torch.device("cpu")
 

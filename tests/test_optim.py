@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from gru4rec.config import HyperParams
-from gru4rec.model import GRU4Rec
-from gru4rec.optim import AdagradMomentum, make_optimizer
+from gru4rec.training.params import HyperParams
+from gru4rec.model.network import GRU4Rec
+from gru4rec.training.optim import AdagradMomentum, make_optimizer
 
 
 class Reference:

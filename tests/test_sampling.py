@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from gru4rec.sampling import NegativeSampler
+from gru4rec.training.sampling import NegativeSampler
 
 COUNTS = np.array([1, 2, 3, 5, 8, 13, 21, 40, 100, 7], dtype=np.float64)
 

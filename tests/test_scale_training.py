@@ -15,16 +15,16 @@ import pytest
 import torch
 
 from conftest import REPO, require_shared
-from data_prep.session_files import read_session_file, write_session_file
-from gru4rec.checkpoint import load_checkpoint
+from gru4rec.data.session_files import read_session_file, write_session_file
+from gru4rec.model.checkpoint import load_checkpoint
 from gru4rec.cli import main
-from gru4rec.config import HyperParams, load_params
-from gru4rec.data import ItemMap, Sessions, load_eval_data
-from gru4rec.distributed import shard_sessions
-from gru4rec.errors import UserError
-from gru4rec.evaluation import ModelScorer, evaluate
-from gru4rec.training import Trainer, train
-from gru4rec.warm_start import warm_start_model
+from gru4rec.training.params import HyperParams, load_params
+from gru4rec.data.sessions import ItemMap, Sessions, load_eval_data
+from gru4rec.training.distributed import shard_sessions
+from gru4rec.foundation.errors import UserError
+from gru4rec.evaluation.protocol import ModelScorer, evaluate
+from gru4rec.training.trainer import Trainer, train
+from gru4rec.training.warm_start import warm_start_model
 
 PYTHON = sys.executable
 
@@ -57,9 +57,9 @@ def test_shards_partition_sessions_in_time_order():
 
 REPLICA_SCRIPT = r"""
 import sys, numpy as np, torch, torch.distributed as dist
-from gru4rec.config import HyperParams
-from gru4rec.data import Sessions
-from gru4rec.training import Trainer
+from gru4rec.training.params import HyperParams
+from gru4rec.data.sessions import Sessions
+from gru4rec.training.trainer import Trainer
 dist.init_process_group("gloo")
 out = sys.argv[1]
 rng = np.random.default_rng(0)

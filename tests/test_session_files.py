@@ -7,7 +7,7 @@ import gzip
 import pandas as pd
 
 from conftest import require_shared
-from data_prep.session_files import read_session_file, write_session_file
+from gru4rec.data.session_files import read_session_file, write_session_file
 
 
 def test_gz_tsv_and_parquet_round_trip(tmp_path):

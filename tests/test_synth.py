@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data_prep.session_files import read_session_file
+from gru4rec.data.session_files import read_session_file
 from data_prep.synth import generate_log, write_tsv, write_yoochoose
 from gru4rec.cli import main
-from gru4rec.errors import UserError
+from gru4rec.foundation.errors import UserError
 
 DAY = 86_400.0
 

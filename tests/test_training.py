@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from gru4rec import training as training_module
-from gru4rec.checkpoint import METADATA_FILE, RESUME_FILE, load_checkpoint, load_resume_state
-from gru4rec.config import HyperParams
-from gru4rec.data import Sessions, load_eval_data
-from gru4rec.errors import UserError
-from gru4rec.evaluation import ModelScorer, evaluate
-from gru4rec.fused import FusedStep
-from gru4rec.model import GRU4Rec
-from gru4rec.training import Trainer, train
+from gru4rec.training import trainer as training_module
+from gru4rec.model.checkpoint import METADATA_FILE, RESUME_FILE, load_checkpoint, load_resume_state
+from gru4rec.training.params import HyperParams
+from gru4rec.data.sessions import Sessions, load_eval_data
+from gru4rec.foundation.errors import UserError
+from gru4rec.evaluation.protocol import ModelScorer, evaluate
+from gru4rec.training.fused import FusedStep
+from gru4rec.model.network import GRU4Rec
+from gru4rec.training.trainer import Trainer, train
 
 CPU = torch.device("cpu")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, HTTPException
 
-from gru4rec.errors import UserError
+from gru4rec.foundation.errors import UserError
 from service.dependencies import get_runtime, require_api_key
 from service.runtime import ModelRuntime
 from service.schemas import ReloadResponse

@@ -1,0 +1,1 @@
+"""Offline evaluation: the full-ranking protocol, metrics, reports, comparisons and the baselines."""

@@ -1,0 +1,1 @@
+"""The network: its configuration, the GRU4Rec module, checkpoints (model directories) and export."""

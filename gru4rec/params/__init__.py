@@ -1,1 +1,0 @@
-"""Built-in parameter sets (TOML), loadable by name with `--params NAME`."""

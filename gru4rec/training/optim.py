@@ -1,0 +1,130 @@
+"""The reference optimiser: Adagrad (eps 1e-6) with heavy-ball momentum on the scaled step.
+
+    acc += g^2;   step = -lr * g / sqrt(acc + eps);   mom = momentum * mom + step;   w += mom
+
+Sparse gradients (item embedding rows) touch only their rows: duplicate ids of a step are summed
+first, then accumulator, momentum and weights are updated for those rows alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from gru4rec.training import native
+
+
+@dataclass
+class Gradients:
+    """One step's gradients, kept apart from the update so they can be reduced across ranks first.
+
+    dense:  (parameter, gradient) pairs.
+    sparse: (parameter, rows, row gradients); `unique` says the rows do not repeat.
+    """
+
+    dense: list[tuple[Tensor, Tensor]] = field(default_factory=list)
+    sparse: list[tuple[Tensor, Tensor, Tensor]] = field(default_factory=list)
+    unique: bool = False
+
+
+class AdagradMomentum(torch.optim.Optimizer):
+    def __init__(self, params: Iterable[Tensor], lr: float = 0.05, momentum: float = 0.0, eps: float = 1e-6) -> None:
+        if lr <= 0:
+            raise ValueError("lr must be positive")
+        super().__init__(params, dict(lr=lr, momentum=momentum, eps=eps))
+        self.lr, self.momentum, self.eps = lr, momentum, eps
+
+    def _state(self, p: Tensor) -> dict:
+        state = self.state[p]
+        if "acc" not in state:
+            state["acc"] = torch.zeros_like(p)
+            if self.momentum > 0:
+                state["mom"] = torch.zeros_like(p)
+        return state
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D102 - torch API
+        dense_params, dense_grads = [], []
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    self.sparse_update(p, p.grad._indices()[0], p.grad._values())
+                else:
+                    dense_params.append(p)
+                    dense_grads.append(p.grad)
+        if dense_params:
+            self.dense_update(dense_params, dense_grads)
+        return None
+
+    @torch.no_grad()
+    def apply(self, grads: Gradients) -> None:
+        """The update for a step whose gradients were collected (and maybe reduced) beforehand."""
+        if grads.dense:
+            self.dense_update([p for p, _ in grads.dense], [g for _, g in grads.dense])
+        for p, rows, values in grads.sparse:
+            if grads.unique:
+                self.unique_rows_update(p, rows, values)
+            else:
+                self.sparse_update(p, rows, values)
+
+    @torch.no_grad()
+    def dense_update(self, params: Sequence[Tensor], grads: Sequence[Tensor]) -> None:
+        """Update whole tensors, all at once with the multi-tensor (_foreach) kernels."""
+        states = [self._state(p) for p in params]
+        if native.usable(*params):
+            for p, g, s in zip(params, grads, states):
+                native.adagrad_rows(p, s["acc"], s.get("mom"), None, g.contiguous(), self.lr, self.momentum, self.eps)
+            return
+        accs = [s["acc"] for s in states]
+        torch._foreach_addcmul_(accs, grads, grads)
+        denom = torch._foreach_add(accs, self.eps)
+        torch._foreach_sqrt_(denom)
+        update = torch._foreach_div(grads, denom)
+        torch._foreach_mul_(update, -self.lr)
+        if self.momentum > 0:
+            moms = [s["mom"] for s in states]
+            torch._foreach_mul_(moms, self.momentum)
+            torch._foreach_add_(moms, update)
+            update = moms
+        torch._foreach_add_(list(params), update)
+
+    @torch.no_grad()
+    def sparse_update(self, p: Tensor, rows: Tensor, values: Tensor) -> None:
+        """Update rows `rows` of p by gradient rows `values`; repeated rows are summed first."""
+        unique, inverse = torch.unique(rows, return_inverse=True)
+        grad = torch.zeros(len(unique), *p.shape[1:], dtype=p.dtype, device=p.device).index_add_(0, inverse, values)
+        self.unique_rows_update(p, unique, grad)
+
+    @torch.no_grad()
+    def unique_rows_update(self, p: Tensor, rows: Tensor, grad: Tensor) -> None:
+        """Update rows `rows` (no repeats) of p by their summed gradient `grad` (consumed)."""
+        state = self._state(p)
+        if native.usable(p, rows):
+            grad = grad.contiguous()
+            native.adagrad_rows(p, state["acc"], state.get("mom"), rows, grad, self.lr, self.momentum, self.eps)
+            return
+        acc = state["acc"].index_select(0, rows).addcmul_(grad, grad)
+        state["acc"].index_copy_(0, rows, acc)
+        update = grad.div_(acc.add_(self.eps).sqrt_()).mul_(-self.lr)
+        if self.momentum > 0:
+            update = state["mom"].index_select(0, rows).mul_(self.momentum).add_(update)
+            state["mom"].index_copy_(0, rows, update)
+        p.index_add_(0, rows, update)
+
+
+def make_optimizer(model: torch.nn.Module, name: str, lr: float, momentum: float) -> list[torch.optim.Optimizer]:
+    """Optimisers for a model: the reference's Adagrad+momentum, or Adam (SparseAdam for item rows)."""
+    if name == "adagrad":
+        return [AdagradMomentum(model.parameters(), lr=lr, momentum=momentum)]
+    sparse = [p for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse for p in m.parameters()]
+    sparse_ids = {id(p) for p in sparse}
+    dense = [p for p in model.parameters() if id(p) not in sparse_ids]
+    optimizers: list[torch.optim.Optimizer] = [torch.optim.SparseAdam(sparse, lr=lr)]
+    if dense:
+        optimizers.append(torch.optim.Adam(dense, lr=lr))
+    return optimizers

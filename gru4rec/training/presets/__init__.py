@@ -1,0 +1,1 @@
+"""Built-in parameter sets (`--params rsc15-xe`), one TOML file each."""

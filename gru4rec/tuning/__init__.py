@@ -1,0 +1,1 @@
+"""Hyper-parameter search (optuna) over training runs, selected on a validation file."""

@@ -1,0 +1,1 @@
+"""Built-in search spaces (`--space xe`), one TOML file each."""
