@@ -58,7 +58,7 @@ def main() -> int:
           f"{args.sessions} sessions, batch {args.batch_size}", flush=True)
     print(f"{'items':>8} {'ties':>13} {'predictions':>12} {'seconds':>9} {'events/s':>10}", flush=True)
     for n_items in args.items:
-        model = GRU4Rec(n_items, HyperParams(layers=(100,))).to(device).eval()
+        model = GRU4Rec(n_items, HyperParams(layers=(100,)).model).to(device).eval()
         sessions = synthetic_sessions(args.sessions, n_items, args.seed)
         counts = np.bincount(sessions.items, minlength=n_items)
         scorer = ModelScorer(model)

@@ -31,9 +31,10 @@ import numpy as np
 import pyarrow as pa
 
 from data_prep.readers import ColumnMap, RawLog, read_log
-from gru4rec.foundation.atomic import atomic_dir, atomic_file
+from gru4rec.foundation.atomic import atomic_dir, atomic_file, default_permissions
 from gru4rec.foundation.errors import UserError
 from gru4rec.foundation.logs import progress
+from gru4rec.foundation.memory import release_arrow_memory, resident_memory
 
 log = logging.getLogger(__name__)
 
@@ -180,20 +181,10 @@ class _Steps:
         self.rows.append(row)
         summary = ", ".join(f"{row[k]:,} {k}" for k in ("events", "sessions", "items") if k in row)
         log.info("%-34s %s (%.1f s)", name + ":", summary, time.perf_counter() - self.t0)
-        log.debug("memory after %s: %s", name, _memory())
+        log.debug("memory after %s: %s", name, resident_memory())
         if self.bar is not None:
             self.bar.set_postfix_str(name)
             self.bar.update(1)
-
-
-def _memory() -> str:
-    """Current and peak resident memory of this process (Linux), for -v logs."""
-    try:
-        with open("/proc/self/status") as fh:
-            fields = dict(line.split(":", 1) for line in fh if line.startswith(("VmRSS", "VmHWM")))
-        return ", ".join(f"{k} {int(v.split()[0]) / 1e6:.2f} GB" for k, v in fields.items())
-    except (OSError, ValueError):
-        return "unknown"
 
 
 def _empty_error(raw: RawLog, step: str, hint: str) -> UserError:
@@ -367,7 +358,7 @@ def _run(raw: RawLog, opts: PrepareOptions, steps: _Steps, pd) -> Prepared:
         item = item_codes.astype(np.int32 if len(item_values) < 2**31 else np.int64)
         del item_codes
     del item_ids
-    _release_arrow_memory()
+    release_arrowresident_memory()
     n_items = int(len(item_values))
     steps.n_items = n_items
     frame = Frame(session, item, time)
@@ -558,14 +549,6 @@ def _id_column(values: np.ndarray | pa.Array, codes: np.ndarray, pd):
     return pd.Categorical.from_codes(codes, categories=pd.Index(values.to_pylist(), dtype=object))
 
 
-def _release_arrow_memory() -> None:
-    """Hand memory that pyarrow's allocator keeps cached back to the system (large reads leave a lot)."""
-    try:
-        pa.default_memory_pool().release_unused()
-    except AttributeError:  # pyarrow < 16
-        pass
-
-
 def write_outputs(prepared: Prepared, out_dir: Path, stats: dict, parquet: bool) -> None:
     from gru4rec.data.session_files import write_session_file
 
@@ -573,21 +556,12 @@ def write_outputs(prepared: Prepared, out_dir: Path, stats: dict, parquet: bool)
         df = _output_frame(prepared, prepared.splits[name])
         for ext in (".tsv", ".parquet") if parquet else (".tsv",):
             write_session_file(df, out_dir / f"{name}{ext}")
-            log.debug("wrote %s%s (%s events); memory: %s", name, ext, f"{len(df):,}", _memory())
+            log.debug("wrote %s%s (%s events); memory: %s", name, ext, f"{len(df):,}", resident_memory())
         del df
-        _release_arrow_memory()
+        release_arrowresident_memory()
     with atomic_file(out_dir / "stats.json", "w", encoding="utf-8", newline="\n") as fh:
         json.dump(stats, fh, indent=2)
         fh.write("\n")
-
-
-def _default_permissions(directory: Path) -> None:
-    """Temporary files and directories are private (0600/0700); give the output the usual umask modes."""
-    umask = os.umask(0)
-    os.umask(umask)
-    directory.chmod(0o777 & ~umask)
-    for child in directory.iterdir():
-        child.chmod(0o666 & ~umask)
 
 
 def _check_out_dir(out: Path, input_path: Path) -> None:
@@ -638,6 +612,6 @@ def prepare(
     }
     with atomic_dir(out) as tmp:
         write_outputs(prepared, tmp, stats, parquet)
-        _default_permissions(tmp)
+        default_permissions(tmp)
     log.info("wrote %s (%.1f s)", out, time.perf_counter() - t0)
     return stats

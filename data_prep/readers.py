@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from gru4rec.foundation.errors import UserError
+from gru4rec.foundation.memory import release_arrow_memory
 
 log = logging.getLogger(__name__)
 
@@ -764,6 +765,5 @@ def read_log(path: str | os.PathLike[str], fmt: str = "auto", cols: ColumnMap | 
         raw = read_parquet(path, cols)
     else:
         raw = read_delimited(path, fmt, cols)
-    with contextlib.suppress(AttributeError):  # pyarrow < 16 has no release_unused
-        pa.default_memory_pool().release_unused()  # the parser's blocks stay cached otherwise
+    release_arrow_memory()  # the parser's blocks stay cached otherwise
     return raw

@@ -33,13 +33,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from gru4rec.data.session_files import COLUMNS
 from gru4rec.foundation.atomic import atomic_file
 from gru4rec.foundation.errors import UserError
 from gru4rec.foundation.logs import progress
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("SessionId", "ItemId", "Time")
 
 # Session length: P(1) and a lognormal (mu, sigma) discretised on 1..MAX_SESSION_LENGTH, fitted by
 # maximum likelihood to the rsc15_100k length histogram (lengths >= 2).

@@ -50,6 +50,7 @@ class ModelBundle:
         self.version: str = checkpoint.version
         # the item list lives in ids/index/item_counts below; keep the rest for describe()
         self.metadata = {k: v for k, v in checkpoint.metadata.items() if k not in ("item_ids", "item_counts")}
+        self.hyperparameters = checkpoint.hyperparameters
         self.loaded_at = time.time()
         self.ids: list[str] = checkpoint.item_map.ids.tolist()
         self.n_items = len(self.ids)
@@ -98,12 +99,11 @@ class ModelBundle:
         if not indices:
             return state
         with torch.inference_mode():
-            flat = torch.from_numpy(np.array(state, dtype=np.float32, copy=True)).view(1, self.state_size)
-            hidden = list(torch.split(flat, self.layer_sizes, dim=1))
+            packed = torch.from_numpy(np.array(state, dtype=np.float32, copy=True)).view(1, self.state_size)
             items = torch.tensor(indices, dtype=torch.long)
             for t in range(len(indices)):
-                hidden = self.model.step(items[t : t + 1], hidden)
-            return torch.cat(hidden, dim=1)[0].numpy().copy()
+                packed = self.model.step_packed(items[t : t + 1], packed)
+            return packed[0].numpy().copy()
 
     # -- ranking ---------------------------------------------------------------------------------
     def top_k(
@@ -166,7 +166,7 @@ class ModelBundle:
             "n_items": self.n_items,
             "created": meta.get("created"),
             "format_version": meta.get("format_version"),
-            "hyperparameters": meta.get("hyperparameters", {}),
+            "hyperparameters": self.hyperparameters,
             "training": training,
             "libraries": meta.get("libraries", {}),
             "loaded_at": self.loaded_at,

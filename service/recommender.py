@@ -12,22 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from service.engine import ModelBundle, TopK
+from service.errors import LimitExceeded, MissingField, UnknownSession
 from service.metrics import Metrics
 from service.sessions import SessionState, SessionStore
 
 log = logging.getLogger(__name__)
-
-
-class UnknownSession(Exception):
-    """A request named a session that does not exist (never seen, expired or deleted) and gave no items."""
-
-
-class LimitExceeded(Exception):
-    """A request is well-formed but over a configured limit; `field` is its location in the body."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 @dataclass(frozen=True)
@@ -56,7 +45,7 @@ class Recommender:
         self._check(bundle, filters, items)
         if session_id is None:
             if items is None:
-                raise LimitExceeded("items", "give the session's clicks in `items`, or a `session_id` of a known session")
+                raise MissingField("items", "give the session's clicks in `items`, or a `session_id` of a known session")
             indices = bundle.lookup(items)
             known = [i for i in indices if i >= 0]
             state = bundle.advance(None, known) if known else None

@@ -17,7 +17,7 @@ from pathlib import Path
 from anyio import to_thread
 
 from gru4rec.model.checkpoint import METADATA_FILE, read_metadata
-from gru4rec.foundation.errors import UserError
+from gru4rec.foundation.errors import ModelUnavailable, UserError
 from service.engine import ModelBundle, load_bundle
 from service.metrics import Metrics
 
@@ -78,15 +78,15 @@ class ModelRuntime:
         self.metrics.set_model(bundle.version, bundle.n_items)
 
     async def reload(self) -> ReloadResult:
-        """Load the directory again and swap it in; raises UserError (old model kept) if it cannot."""
+        """Load the directory again and swap it in; raises ModelUnavailable (old model kept) if it cannot."""
         async with self._lock:
             previous = self.bundle.version if self.bundle else ""
             fingerprint = _fingerprint(self.directory)
             try:
                 bundle = await to_thread.run_sync(load_bundle, self.directory, self.warmup_steps)
-            except UserError:
+            except UserError as exc:
                 self.metrics.reloads.labels("failed").inc()
-                raise
+                raise ModelUnavailable(f"reload failed, still serving {previous or '-'}: {exc}") from None
             self._seen = fingerprint
             self._install(bundle)
             self.metrics.reloads.labels("ok").inc()
@@ -120,4 +120,4 @@ class ModelRuntime:
         try:
             await self.reload()
         except UserError as exc:
-            log.warning("automatic reload failed, still serving %s: %s", self.bundle.version if self.bundle else "-", exc)
+            log.warning("automatic %s", exc)

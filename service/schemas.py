@@ -28,11 +28,12 @@ ItemId = Annotated[
     AfterValidator(_item_id),
     Field(description="an item id as in the training data (integers are read as their decimal string)"),
 ]
-SessionId = Annotated[
-    StrictStr,
-    Field(min_length=1, max_length=128, pattern=SESSION_ID_PATTERN,
-          description="the caller's session id: 1-128 printable ASCII characters, no spaces"),
-]
+# The one rule for session ids, in request bodies and in URL paths alike.
+SESSION_ID_RULE: dict[str, Any] = dict(
+    min_length=1, max_length=128, pattern=SESSION_ID_PATTERN,
+    description="the caller's session id: 1-128 printable ASCII characters, no spaces",
+)
+SessionId = Annotated[StrictStr, Field(**SESSION_ID_RULE)]
 
 
 class TopKOptions(BaseModel):

@@ -27,17 +27,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.errors import SessionConflict, SessionStoreError
+
 log = logging.getLogger(__name__)
 
 EvictionHook = Callable[[str, int], None]  # (reason, how many)
-
-
-class SessionStoreError(Exception):
-    """The store cannot be used right now (e.g. Redis unreachable); the API answers 503."""
-
-
-class SessionConflict(Exception):
-    """A session kept changing under a transaction (many concurrent clicks); the API answers 409."""
 
 
 @dataclass(slots=True)

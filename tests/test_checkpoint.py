@@ -34,7 +34,7 @@ PROBE = [[0, 5, 2], [3, 3, 1]]
 def build(params: HyperParams | None = None) -> tuple[GRU4Rec, ItemMap, np.ndarray]:
     torch.manual_seed(0)
     params = params or HyperParams(layers=(6, 4), constrained_embedding=False, embedding=5, dropout_p_hidden=0.3)
-    model = GRU4Rec(len(IDS), params)
+    model = GRU4Rec(len(IDS), params.model)
     with torch.no_grad():
         model.By.weight.normal_()
     return model.eval(), ItemMap.from_ids(IDS), np.arange(1, len(IDS) + 1, dtype=np.int64)
@@ -55,10 +55,10 @@ def test_metadata_contents(tmp_path):
     model, item_map, counts = build()
     save_checkpoint(tmp_path / "m", model, item_map, counts, TRAINING)
     meta = json.loads((tmp_path / "m" / METADATA_FILE).read_text())
-    for key in ("format_version", "hyperparameters", "item_ids", "item_counts", "libraries", "training"):
+    for key in ("format_version", "model", "item_ids", "item_counts", "libraries", "training"):
         assert key in meta, key
     assert meta["format_version"] == FORMAT_VERSION
-    assert meta["hyperparameters"] == model.params.to_dict()
+    assert meta["model"] == {"architecture": "gru4rec", **model.config.to_dict()}
     assert meta["item_ids"] == IDS
     assert meta["item_counts"] == counts.tolist()
     assert meta["training"] == TRAINING
@@ -73,7 +73,7 @@ def test_round_trip_in_process(tmp_path, mode):
     save_checkpoint(tmp_path / "m", model, item_map, counts, TRAINING)
     ck = load_checkpoint(tmp_path / "m")
     assert not ck.model.training
-    assert ck.params == model.params
+    assert ck.config == model.config
     assert ck.item_map.ids.tolist() == IDS
     assert ck.item_counts.tolist() == counts.tolist()
     assert torch.equal(probe_scores(ck.model), probe_scores(model))
@@ -91,10 +91,10 @@ def test_weights_only_load_in_fresh_process(tmp_path):
         d = Path(sys.argv[1])
         state = torch.load(d / {MODEL_FILE!r}, weights_only=True)  # plain tensors, no pickled objects
         assert all(isinstance(v, torch.Tensor) for v in state.values()), state.keys()
-        from gru4rec.training.params import from_mapping
+        from gru4rec.model.config import ModelConfig
         from gru4rec.model.network import GRU4Rec
         meta = json.loads((d / {METADATA_FILE!r}).read_text())
-        model = GRU4Rec(len(meta["item_ids"]), from_mapping(meta["hyperparameters"]))
+        model = GRU4Rec(len(meta["item_ids"]), ModelConfig(**{{k: v for k, v in meta["model"].items() if k != "architecture"}}))
         model.load_state_dict(state)
         model.eval()
         with torch.no_grad():
@@ -156,13 +156,13 @@ def test_weights_of_another_shape_is_user_error(tmp_path):
     save_checkpoint(tmp_path / "m", model, item_map, counts, TRAINING)
     meta_path = tmp_path / "m" / METADATA_FILE
     meta = json.loads(meta_path.read_text())
-    meta["hyperparameters"]["layers"] = [9, 4]
+    meta["model"]["layers"] = [9, 4]
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(UserError, match=MODEL_FILE):
         load_checkpoint(tmp_path / "m")
 
 
-@pytest.mark.parametrize("key", ["hyperparameters", "item_ids", "item_counts"])
+@pytest.mark.parametrize("key", ["model", "item_ids", "item_counts"])
 def test_metadata_missing_a_field_is_user_error(tmp_path, key):
     model, item_map, counts = build()
     save_checkpoint(tmp_path / "m", model, item_map, counts, TRAINING)

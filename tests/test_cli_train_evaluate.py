@@ -59,7 +59,7 @@ def data(tmp_path_factory, one_torch_thread):
 
 def test_train_writes_a_model_directory(data):
     meta = json.loads((data["dir"] / "model" / METADATA_FILE).read_text())
-    assert meta["hyperparameters"]["layers"] == [24] and meta["hyperparameters"]["n_epochs"] == 3
+    assert meta["model"]["layers"] == [24] and meta["training"]["settings"]["n_epochs"] == 3
     assert len(meta["item_ids"]) == N_ITEMS
     assert meta["training"]["complete"] is True
     assert len(meta["training"]["epochs"]) == 3
@@ -95,18 +95,24 @@ def test_evaluate_tie_modes_and_cutoffs(data):
     assert results["standard"]["recall@3"] >= results["median"]["recall@3"] >= results["conservative"]["recall@3"]
 
 
+def recorded_parameters(model_dir) -> dict:
+    """Every parameter as the model directory records it: the network's and the training's."""
+    meta = json.loads((model_dir / METADATA_FILE).read_text())
+    return {**meta["model"], **meta["training"]["settings"]}
+
+
 def test_train_with_builtin_and_file_params(data, tmp_path):
     params = tmp_path / "p.toml"
     params.write_text('loss = "bpr-max"\nlayers = [12]\nbatch_size = 8\nn_sample = 8\nn_epochs = 1\nsample_cache_size = 8000\n')
     out = tmp_path / "m1"
     assert main(["train", data["train"], "--out", str(out), "--params", str(params), "--device", "cpu", "-q"]) == 0
-    hp = json.loads((out / METADATA_FILE).read_text())["hyperparameters"]
+    hp = recorded_parameters(out)
     assert hp["loss"] == "bpr-max" and hp["layers"] == [12] and hp["bpreg"] == 1.0
     out = tmp_path / "m2"
     assert main(["train", data["train"], "--out", str(out), "--params", "retailrocket-bprmax",
                  "--set", "layers=[10]", "--set", "n_sample=8", "--set", "n_epochs=1", "--set", "sample_cache_size=8000",
                  "--device", "cpu", "-q"]) == 0
-    hp = json.loads((out / METADATA_FILE).read_text())["hyperparameters"]
+    hp = recorded_parameters(out)
     assert hp["loss"] == "bpr-max" and hp["bpreg"] == 1.95 and hp["batch_size"] == 80 and hp["layers"] == [10]
 
 

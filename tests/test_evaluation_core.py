@@ -85,7 +85,7 @@ N_ITEMS = 25
 
 def model() -> GRU4Rec:
     torch.manual_seed(0)
-    m = GRU4Rec(N_ITEMS, HyperParams(layers=(16, 8), dropout_p_hidden=0.5))
+    m = GRU4Rec(N_ITEMS, HyperParams(layers=(16, 8), dropout_p_hidden=0.5).model)
     with torch.no_grad():
         m.By.weight.normal_()
     return m.eval()

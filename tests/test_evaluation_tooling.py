@@ -213,7 +213,7 @@ def test_breakdown_by_length_and_position():
 def test_every_session_starts_from_a_fresh_state():
     """Batching must not change anything: batch size 1 (one session at a time) = batch size 512."""
     torch.manual_seed(0)
-    model = GRU4Rec(40, HyperParams(layers=(16,))).eval()
+    model = GRU4Rec(40, HyperParams(layers=(16,)).model).eval()
     rng = np.random.default_rng(0)
     sessions = make_sessions([rng.integers(0, 40, rng.integers(2, 9)) for _ in range(60)])
     a = evaluate(ModelScorer(model), sessions, cutoffs=[5], batch_size=1)

@@ -16,7 +16,7 @@ from gru4rec.model.network import GRU4Rec
 
 def make(n_items=13, **kw) -> GRU4Rec:
     torch.manual_seed(0)
-    return GRU4Rec(n_items, HyperParams(**kw))
+    return GRU4Rec(n_items, HyperParams(**kw).model)
 
 
 MODES = [
@@ -109,7 +109,7 @@ def test_init_bounds_and_zero_biases():
 
 def test_needs_two_items():
     with pytest.raises(ValueError):
-        GRU4Rec(1, HyperParams())
+        GRU4Rec(1, HyperParams().model)
 
 
 # ---- dropout ----

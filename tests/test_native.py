@@ -163,7 +163,7 @@ def test_native_and_pytorch_fused_steps_train_the_same_model(loss, mode):
     assert isinstance(native_run.fused.ops, native.NativeOps)
     a = native_run.train_epoch(1)
     torch_run = Trainer(params, sessions, counts, CPU, seed=4, step="fused")
-    torch_run.fused = FusedStep(torch_run.model, torch_run.optimizers[0], params.loss, torch_run.loss_fn, params.logq,
+    torch_run.fused = FusedStep(torch_run.model, torch_run.optimizers[0], params.training, torch_run.loss_fn,
                                 ops=TorchOps(n_items, CPU))
     b = torch_run.train_epoch(1)
     assert a.loss == pytest.approx(b.loss, rel=1e-4)

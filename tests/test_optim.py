@@ -116,7 +116,7 @@ def test_invalid_lr():
 
 
 def test_make_optimizer_covers_all_parameters():
-    model = GRU4Rec(9, HyperParams(layers=(4,), constrained_embedding=False, embedding=3))
+    model = GRU4Rec(9, HyperParams(layers=(4,), constrained_embedding=False, embedding=3).model)
     (opt,) = make_optimizer(model, "adagrad", 0.1, 0.2)
     assert isinstance(opt, AdagradMomentum)
     ids = {id(p) for g in opt.param_groups for p in g["params"]}

@@ -153,7 +153,7 @@ def test_warm_start_keeps_known_rows_and_adds_new_items(time_windows):
     base = load_checkpoint(root / "base")
     new_ids = read_session_file(root / "new.tsv")["ItemId"].unique()
     extended = ItemMap.from_ids(list(base.item_map.ids) + [i for i in new_ids if i not in set(base.item_map.ids)])
-    model, summary = warm_start_model(base, extended, base.params)
+    model, summary = warm_start_model(base, extended, base.config)
     n_old = len(base.item_map)
     assert summary["kept_items"] == n_old and summary["new_items"] == len(extended) - n_old > 0
     torch.testing.assert_close(model.Wy.weight[:n_old], base.model.Wy.weight, rtol=0, atol=0)

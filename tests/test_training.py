@@ -187,7 +187,7 @@ def test_eager_step_scores_only_sampled_columns():
     n_items = 40
     sessions = sessions_of(cyclic_lists(n_items, 30, seed=0))
     params = small(batch_size=5, n_sample=7)
-    model = RecordingGRU4Rec(n_items, params)
+    model = RecordingGRU4Rec(n_items, params.model)
     trainer = Trainer(params, sessions, counts_of(sessions, n_items) + 1, CPU, seed=0, model=model, step="eager")
     trainer.train_epoch(1)
     assert model.scores, "score() was never called"
@@ -206,10 +206,10 @@ def test_fused_step_scores_only_sampled_columns(mode):
     n_items = 40
     sessions = sessions_of(cyclic_lists(n_items, 30, seed=0))
     params = small(batch_size=5, n_sample=7, **mode)
-    model = RecordingGRU4Rec(n_items, params)
+    model = RecordingGRU4Rec(n_items, params.model)
     trainer = Trainer(params, sessions, counts_of(sessions, n_items) + 1, CPU, seed=0, model=model, step="fused")
     assert trainer.fused is not None
-    trainer.fused = RecordingFusedStep(model, trainer.optimizers[0], params.loss, trainer.loss_fn, params.logq)
+    trainer.fused = RecordingFusedStep(model, trainer.optimizers[0], params.training, trainer.loss_fn)
     trainer.train_epoch(1)
     assert model.scores == []  # the fused path never calls score(), let alone for all items
     check_columns(trainer.fused.columns, params, n_items)
@@ -224,7 +224,7 @@ def test_step_loss_logq_and_division_by_batch_size(loss, extra):
     sessions = sessions_of(cyclic_lists(n_items, 20, seed=1))
     counts = np.random.default_rng(0).integers(1, 50, size=n_items)
     params = small(batch_size=4, n_sample=5, sample_alpha=0.5, loss=loss, **extra)
-    model = RecordingGRU4Rec(n_items, params)
+    model = RecordingGRU4Rec(n_items, params.model)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
     eager = Trainer(params, sessions, counts, CPU, seed=0, model=model, step="eager")
@@ -248,7 +248,7 @@ def test_step_loss_logq_and_division_by_batch_size(loss, extra):
             expected += -math.log(np.sum(sm / (1 + np.exp(-(X[i, i] - neg))))) + 1.5 * np.sum(sm * neg**2)
     assert loss_eager.item() == pytest.approx(expected / params.batch_size, rel=1e-4)
     # the fused step computes the same loss from the same initial state and negatives
-    twin = GRU4Rec(n_items, params)
+    twin = GRU4Rec(n_items, params.model)
     twin.load_state_dict(initial)
     fused = Trainer(params, sessions, counts, CPU, seed=0, model=twin, step="fused")
     assert fused.fused is not None

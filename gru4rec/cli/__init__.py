@@ -15,7 +15,7 @@ import sys
 
 from gru4rec import __version__
 from gru4rec.cli import compare, evaluate, export, prepare, serve, synth, train, tune
-from gru4rec.foundation.errors import UserError
+from gru4rec.foundation.errors import GRU4RecError
 from gru4rec.foundation.logs import configure_logging
 
 log = logging.getLogger("gru4rec")
@@ -61,9 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.verbose, args.quiet)
     try:
         result = args.func(args)
-    except UserError as exc:
+    except GRU4RecError as exc:
         log.error("%s", exc)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130

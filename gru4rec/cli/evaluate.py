@@ -79,7 +79,7 @@ def load_model(path: str, device, label: str | None = None) -> Scored:
     from gru4rec.evaluation.protocol import ModelScorer
 
     checkpoint = load_checkpoint(path, device)
-    info = {"model": str(path), "hyperparameters": checkpoint.params.to_dict()}
+    info = {"model": str(path), "hyperparameters": checkpoint.hyperparameters}
     return Scored(label or str(path), ModelScorer(checkpoint.model), checkpoint.item_map, checkpoint.item_counts, info)
 
 

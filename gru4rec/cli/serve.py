@@ -3,14 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import atexit
-import logging
-import os
-import shutil
-import tempfile
-from pathlib import Path
-
-log = logging.getLogger("gru4rec.serve")
 
 
 def _port(text: str) -> int:
@@ -64,55 +56,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import pydantic
-    import uvicorn
+    from service.server import serve
 
-    from gru4rec.model.checkpoint import read_metadata
-    from gru4rec.foundation.errors import UserError
-    from service.settings import Settings
-
-    model_dir = getattr(args, "model_dir", None) or os.environ.get("GRU4REC_MODEL_DIR")
-    if not model_dir:
-        raise UserError("no model: give MODEL_DIR or set GRU4REC_MODEL_DIR")
-    metadata = read_metadata(model_dir)  # a clear error now rather than a failed worker start-up
-    # every worker process builds its Settings from the environment, so that is where options go
-    os.environ["GRU4REC_MODEL_DIR"] = str(Path(model_dir).resolve())
-    try:
-        settings = Settings()
-    except pydantic.ValidationError as exc:
-        problems = "; ".join(f"GRU4REC_{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
-        raise UserError(f"invalid settings: {problems}") from None
-    if args.workers > 1:
-        if not settings.redis_url:
-            raise UserError(
-                f"--workers {args.workers} needs GRU4REC_REDIS_URL: in-process sessions are not shared between "
-                "workers, so a session's clicks landing on different workers would give wrong recommendations"
-            )
-        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            metrics_dir = tempfile.mkdtemp(prefix="gru4rec-metrics-")
-            atexit.register(shutil.rmtree, metrics_dir, ignore_errors=True)
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    if settings.redis_url:
-        from service.sessions import SessionStoreError, make_store
-
-        try:
-            make_store(settings).close()  # fail now, with a clear message, if Redis is unreachable
-        except SessionStoreError as exc:
-            raise UserError(str(exc)) from None
-    log.info(
-        "serving %s (model %s, %d items) on http://%s:%d with %d worker(s)",
-        model_dir, metadata.get("model_version"), metadata.get("n_items", 0), args.host, args.port, args.workers,
-    )
-    level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
-    os.environ.setdefault("GRU4REC_LOG_LEVEL", level)
-    uvicorn.run(
-        "service.app:app_factory",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_config=None,  # keep the gru4rec logging set-up (workers set up the same in app_factory)
-        log_level=level,
-        access_log=args.access_log,
-    )
+    serve(getattr(args, "model_dir", None), args.host, args.port, args.workers, args.access_log)
     return 0

@@ -16,6 +16,14 @@ def _umask() -> int:
     return mask
 
 
+def default_permissions(directory: Path) -> None:
+    """Temporary files and directories are private (0600/0700); give an output the usual umask modes."""
+    umask = _umask()
+    directory.chmod(0o777 & ~umask)
+    for child in directory.iterdir():
+        child.chmod((0o777 if child.is_dir() else 0o666) & ~umask)
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike[str], mode: str = "w", **open_kwargs) -> Iterator:
     """Open a temporary file beside `path`; it replaces `path` only if the block succeeds."""

@@ -1,14 +1,16 @@
 """Model directories: tensors only (loadable with torch.load(weights_only=True)) plus JSON metadata.
 
     MODEL_DIR/model.pt        state_dict of GRU4Rec (no pickled objects, no sample buffer)
-    MODEL_DIR/metadata.json   format version, hyper-parameters, item id map and training counts,
-                              library versions, training data summary and per-epoch history
+    MODEL_DIR/metadata.json   format version, the network's configuration ("model"), item id map and
+                              training counts, library versions, and under "training" the training
+                              settings, data summary and per-epoch history
     MODEL_DIR/optimizer.pt    the optimiser state after the last epoch (tensors only), so that
                               `--resume` and warm starts (`--init-from`) continue training
     MODEL_DIR/resume.pt       only while training is unfinished: last weights, RNG state and
                               progress, for `gru4rec train --resume`
 
-A directory is always written whole and atomically.
+A directory is always written whole and atomically. Format 1 (releases before the split of the
+configuration) kept every parameter in one "hyperparameters" table; it is still read.
 """
 
 from __future__ import annotations
@@ -27,17 +29,18 @@ import torch
 
 import gru4rec
 from gru4rec.foundation.atomic import atomic_dir
-from gru4rec.training.params import HyperParams, from_mapping
+from gru4rec.model.config import ARCHITECTURE, MODEL_FIELDS, ModelConfig
 from gru4rec.data.sessions import ItemMap
-from gru4rec.foundation.errors import UserError
+from gru4rec.foundation.errors import ModelUnavailable
 from gru4rec.model.network import GRU4Rec
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MODEL_FILE = "model.pt"
 METADATA_FILE = "metadata.json"
 RESUME_FILE = "resume.pt"
 OPTIMIZER_FILE = "optimizer.pt"
-REQUIRED_METADATA = ("hyperparameters", "item_ids", "item_counts")
+REQUIRED_METADATA = {1: ("hyperparameters", "item_ids", "item_counts"), 2: ("model", "item_ids", "item_counts")}
 
 
 @dataclass
@@ -48,8 +51,18 @@ class Checkpoint:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def params(self) -> HyperParams:
-        return self.model.params
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+    @property
+    def training_settings(self) -> dict[str, Any]:
+        """How the model was trained (loss, batch size, ...), as recorded; {} if not recorded."""
+        return training_settings(self.metadata)
+
+    @property
+    def hyperparameters(self) -> dict[str, Any]:
+        """Every parameter by its reference name: the network's configuration and the training settings."""
+        return {**self.config.to_dict(), **self.training_settings}
 
     @property
     def version(self) -> str:
@@ -85,7 +98,7 @@ def save_checkpoint(
         "model_version": created,
         "created": created,
         "n_items": len(item_map),
-        "hyperparameters": model.params.to_dict(),
+        "model": {"architecture": ARCHITECTURE, **model.config.to_dict()},
         "libraries": library_versions(),
         "training": training,
         "item_ids": [str(i) for i in item_map.ids],
@@ -103,24 +116,49 @@ def save_checkpoint(
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     if not path.is_dir():
-        raise UserError(f"{path}: model directory not found")
+        raise ModelUnavailable(f"{path}: model directory not found")
     meta_path = path / METADATA_FILE
     if not meta_path.exists() or not (path / MODEL_FILE).exists():
-        raise UserError(f"{path}: not a model directory (needs {METADATA_FILE} and {MODEL_FILE})")
+        raise ModelUnavailable(f"{path}: not a model directory (needs {METADATA_FILE} and {MODEL_FILE})")
     try:
         metadata = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{meta_path}: unreadable metadata ({exc})") from None
+        raise ModelUnavailable(f"{meta_path}: unreadable metadata ({exc})") from None
     version = metadata.get("format_version") if isinstance(metadata, dict) else None
-    if version != FORMAT_VERSION:
-        raise UserError(
-            f"{path}: model format version {version!r}, this gru4rec reads version {FORMAT_VERSION}; "
-            "retrain the model or use the gru4rec release that wrote it"
+    if version not in READABLE_VERSIONS:
+        raise ModelUnavailable(
+            f"{path}: model format version {version!r}, this gru4rec reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}; retrain the model or use the gru4rec release that wrote it"
         )
-    missing = [k for k in REQUIRED_METADATA if k not in metadata]
+    missing = [k for k in REQUIRED_METADATA[version] if k not in metadata]
     if missing:
-        raise UserError(f"{meta_path}: incomplete metadata, missing {', '.join(missing)}")
+        raise ModelUnavailable(f"{meta_path}: incomplete metadata, missing {', '.join(missing)}")
     return metadata
+
+
+def model_config(metadata: dict[str, Any], source: Path | str) -> ModelConfig:
+    """The network's configuration recorded in metadata (format 2: "model"; format 1: "hyperparameters")."""
+    if metadata.get("format_version") == 1:
+        values = {k: v for k, v in (metadata.get("hyperparameters") or {}).items() if k in MODEL_FIELDS}
+    else:
+        values = dict(metadata.get("model") or {})
+        architecture = values.pop("architecture", ARCHITECTURE)
+        if architecture != ARCHITECTURE:
+            raise ModelUnavailable(f"{source}: a {architecture!r} model, not {ARCHITECTURE!r}")
+    unknown = sorted(set(values) - set(MODEL_FIELDS))
+    if unknown:
+        raise ModelUnavailable(f"{source}: unknown model setting(s) {', '.join(unknown)}")
+    try:
+        return ModelConfig(**values)
+    except (TypeError, ValueError) as exc:
+        raise ModelUnavailable(f"{source}: damaged model configuration ({exc})") from None
+
+
+def training_settings(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The training settings recorded in metadata (format 1 kept them among "hyperparameters")."""
+    if metadata.get("format_version") == 1:
+        return {k: v for k, v in (metadata.get("hyperparameters") or {}).items() if k not in MODEL_FIELDS}
+    return dict((metadata.get("training") or {}).get("settings") or {})
 
 
 def _first_line(exc: BaseException) -> str:
@@ -131,15 +169,15 @@ def _first_line(exc: BaseException) -> str:
 def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Checkpoint:
     path = Path(path)
     metadata = read_metadata(path)
-    params = from_mapping(metadata["hyperparameters"], source=f"{path / METADATA_FILE}")
+    config = model_config(metadata, path / METADATA_FILE)
     item_map = ItemMap.from_ids(metadata["item_ids"])
-    model = GRU4Rec(len(item_map), params)
+    model = GRU4Rec(len(item_map), config)
     try:
         state = torch.load(path / MODEL_FILE, map_location=device, weights_only=True)
         model.load_state_dict(state)
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as exc:
         # a truncated or foreign file: torch.load raises UnpicklingError for non-torch bytes
-        raise UserError(f"{path / MODEL_FILE}: cannot load weights ({_first_line(exc)})") from None
+        raise ModelUnavailable(f"{path / MODEL_FILE}: cannot load weights ({_first_line(exc)})") from None
     model.to(device).eval()
     counts = np.asarray(metadata["item_counts"], dtype=np.int64)
     return Checkpoint(model, item_map, counts, metadata)
@@ -159,4 +197,4 @@ def _load_optional(file: Path, device: str | torch.device, what: str) -> Any:
     try:
         return torch.load(file, map_location=device, weights_only=True)
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as exc:
-        raise UserError(f"{file}: cannot load {what} ({_first_line(exc)})") from None
+        raise ModelUnavailable(f"{file}: cannot load {what} ({_first_line(exc)})") from None

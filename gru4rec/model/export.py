@@ -59,9 +59,8 @@ class StepAndScore(nn.Module):
         self.layer_sizes = [int(s) for s in model.layer_sizes]
 
     def forward(self, items: Tensor, hidden: Tensor) -> tuple[Tensor, Tensor]:
-        layers = list(torch.split(hidden, self.layer_sizes, dim=1))
-        new = self.model.step(items, layers)
-        return torch.cat(new, dim=1), self.model.score(new[-1])
+        new = self.model.step_packed(items, hidden)
+        return new, self.model.score(new[:, -self.layer_sizes[-1] :])
 
 
 def sidecar_path(out: str | os.PathLike[str]) -> Path:

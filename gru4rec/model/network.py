@@ -3,7 +3,7 @@
     h_t    = GRU(embed(x_t), h_{t-1})            (one or more stacked layers)
     score  = h_t · W_y[item] + b_y[item]          (no feed-forward layer after the GRU)
 
-Input embedding modes (HyperParams.embedding_mode):
+Input embedding modes (ModelConfig.embedding_mode):
   shared   the input embedding *is* W_y (the reference's "constrained" embedding, its default);
   separate a learned table E of width `embedding`;
   none     one-hot input: the first GRU layer's input weights are themselves an item lookup table.
@@ -15,6 +15,7 @@ Dropout is active only in training mode; p is the probability of dropping a unit
 Two calls make the whole public API, shared by training, evaluation and serving:
   step(item_indices, hidden) -> hidden      advance every row by one click
   score(hidden, item_indices=None)          scores of the given columns (all items when None)
+(step_packed is step on the state packed into one tensor, as the service and exports keep it.)
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from gru4rec.training.params import HyperParams
+from gru4rec.model.config import ModelConfig
 
 Hidden = list[Tensor]  # one [batch, layer_size] tensor per GRU layer
 
@@ -83,14 +84,14 @@ class OneHotGRUCell(nn.Module):
 
 
 class GRU4Rec(nn.Module):
-    def __init__(self, n_items: int, params: HyperParams) -> None:
+    def __init__(self, n_items: int, config: ModelConfig) -> None:
         super().__init__()
         if n_items < 2:
             raise ValueError("GRU4Rec needs at least two items")
         self.n_items = n_items
-        self.params = params
-        self.layer_sizes = tuple(params.layers)
-        self.mode = params.embedding_mode
+        self.config = config
+        self.layer_sizes = tuple(config.layers)
+        self.mode = config.embedding_mode
         last = self.layer_sizes[-1]
 
         # Output weights and biases per item; in the shared mode W_y is also the input embedding.
@@ -104,9 +105,9 @@ class GRU4Rec(nn.Module):
         if self.mode == "shared":
             input_size = last
         elif self.mode == "separate":
-            self.E = nn.Embedding(n_items, params.embedding, sparse=True)
-            _uniform_(self.E.weight, n_items, params.embedding)
-            input_size = params.embedding
+            self.E = nn.Embedding(n_items, config.embedding, sparse=True)
+            _uniform_(self.E.weight, n_items, config.embedding)
+            input_size = config.embedding
         else:
             self.onehot = OneHotGRUCell(n_items, self.layer_sizes[0])
             input_size = self.layer_sizes[0]
@@ -131,7 +132,7 @@ class GRU4Rec(nn.Module):
 
     def step(self, item_indices: Tensor, hidden: Hidden) -> Hidden:
         """Feed one click per row; returns the new state (the last layer's is the session vector)."""
-        p_embed, p_hidden = self.params.dropout_p_embed, self.params.dropout_p_hidden
+        p_embed, p_hidden = self.config.dropout_p_embed, self.config.dropout_p_hidden
         new: Hidden = []
         if self.onehot is not None:
             x = dropout(self.onehot(item_indices, hidden[0]), p_embed, self.training)
@@ -143,6 +144,15 @@ class GRU4Rec(nn.Module):
             x = dropout(cell(x, h), p_hidden, self.training)
             new.append(x)
         return new
+
+    def step_packed(self, item_indices: Tensor, state: Tensor) -> Tensor:
+        """`step` on a state packed as one [batch, sum(layer sizes)] tensor, layer 0 first.
+
+        That packing is how a session's state travels outside training: the service stores it, and
+        exported models take and return it. The last layer_sizes[-1] columns are the session vector.
+        """
+        hidden = list(torch.split(state, self.layer_sizes, dim=1))
+        return torch.cat(self.step(item_indices, hidden), dim=1)
 
     def score(self, hidden: Hidden | Tensor, item_indices: Tensor | None = None) -> Tensor:
         """Scores [batch, columns] for the given item columns, or for the whole catalog when None."""

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from gru4rec.data.sessions import Sessions
 from gru4rec.foundation.errors import UserError
-from gru4rec.training.optim import Gradients
+from gru4rec.training.optim import Gradients, sparse_parameters
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +73,7 @@ class GradientReducer:
 
     def __init__(self, model: torch.nn.Module, world_size: int) -> None:
         self.world_size = world_size
-        sparse_ids = {
-            id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse
-        }
+        sparse_ids = {id(p) for p in sparse_parameters(model)}
         params = list(model.parameters())
         self.dense_params = [p for p in params if id(p) not in sparse_ids]
         self.sparse_params = [p for p in params if id(p) in sparse_ids]

@@ -32,6 +32,7 @@ from gru4rec.training import native
 from gru4rec.training.losses import EPS, LossFn
 from gru4rec.model.network import GRU4Rec, Hidden, dropout_mask
 from gru4rec.training.optim import AdagradMomentum, Gradients
+from gru4rec.training.settings import TrainingSettings
 
 
 def supports(model: GRU4Rec, optimizer: torch.optim.Optimizer) -> bool:
@@ -128,19 +129,20 @@ def make_ops(n_items: int, device: torch.device) -> TorchOps | native.NativeOps:
 
 class FusedStep:
     def __init__(
-        self, model: GRU4Rec, optimizer: AdagradMomentum, loss_name: str, loss_fn: LossFn, logq: float,
+        self, model: GRU4Rec, optimizer: AdagradMomentum, settings: TrainingSettings, loss_fn: LossFn,
         ops: TorchOps | native.NativeOps | None = None,
     ) -> None:
         self.model = model
         device = model.Wy.weight.device
         self.ops = ops if ops is not None else make_ops(model.n_items, device)
         self.opt = optimizer
-        self.loss_name = loss_name
+        self.loss_name = settings.loss
         self.loss_fn = loss_fn
-        self.logq = logq
-        self.p_embed = model.params.dropout_p_embed
-        self.p_hidden = model.params.dropout_p_hidden
-        self.batch_size = model.params.batch_size
+        self.logq = settings.logq
+        self.batch_size = settings.batch_size
+        # dropout is part of the network's definition, which this step re-implements
+        self.p_embed = model.config.dropout_p_embed
+        self.p_hidden = model.config.dropout_p_hidden
         self.dense = [t for cell in model.cells for t in (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)]
 
     @torch.no_grad()

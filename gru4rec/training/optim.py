@@ -29,6 +29,24 @@ class Gradients:
     sparse: list[tuple[Tensor, Tensor, Tensor]] = field(default_factory=list)
     unique: bool = False
 
+    @classmethod
+    def from_autograd(cls, params: Iterable[Tensor]) -> Gradients:
+        """What backward() left in the parameters' .grad: sparse ones (item rows) as rows + row values."""
+        grads = cls()
+        for p in params:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                grads.sparse.append((p, p.grad._indices()[0], p.grad._values()))
+            else:
+                grads.dense.append((p, p.grad))
+        return grads
+
+
+def sparse_parameters(model: torch.nn.Module) -> list[Tensor]:
+    """The item tables (sparse embeddings): their gradients are rows, and they are updated by row."""
+    return [p for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse for p in m.parameters()]
+
 
 class AdagradMomentum(torch.optim.Optimizer):
     def __init__(self, params: Iterable[Tensor], lr: float = 0.05, momentum: float = 0.0, eps: float = 1e-6) -> None:
@@ -47,18 +65,7 @@ class AdagradMomentum(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D102 - torch API
-        dense_params, dense_grads = [], []
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    self.sparse_update(p, p.grad._indices()[0], p.grad._values())
-                else:
-                    dense_params.append(p)
-                    dense_grads.append(p.grad)
-        if dense_params:
-            self.dense_update(dense_params, dense_grads)
+        self.apply(Gradients.from_autograd(p for group in self.param_groups for p in group["params"]))
         return None
 
     @torch.no_grad()
@@ -121,7 +128,7 @@ def make_optimizer(model: torch.nn.Module, name: str, lr: float, momentum: float
     """Optimisers for a model: the reference's Adagrad+momentum, or Adam (SparseAdam for item rows)."""
     if name == "adagrad":
         return [AdagradMomentum(model.parameters(), lr=lr, momentum=momentum)]
-    sparse = [p for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse for p in m.parameters()]
+    sparse = sparse_parameters(model)
     sparse_ids = {id(p) for p in sparse}
     dense = [p for p in model.parameters() if id(p) not in sparse_ids]
     optimizers: list[torch.optim.Optimizer] = [torch.optim.SparseAdam(sparse, lr=lr)]

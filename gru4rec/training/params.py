@@ -1,6 +1,11 @@
-"""Hyper-parameters: one typed, validated object using the reference implementation's names.
+"""Hyper-parameters as users write them: one flat set of the reference's names, split in two.
 
-Sources, later ones winning: the defaults below (the reference's), a built-in parameter set or a
+A `--params` file (or a built-in set, or `--set key=value`) names values of two kinds: what defines
+the network (gru4rec.model.config.ModelConfig, saved with the model) and how it is trained
+(gru4rec.training.settings.TrainingSettings, saved as training metadata). HyperParams holds one of
+each; the network only ever sees the first and the training step the second.
+
+Sources, later ones winning: the defaults (the reference's), a built-in parameter set or a
 TOML/JSON file (`--params`), and `--set key=value` overrides.
 """
 
@@ -17,84 +22,64 @@ from pathlib import Path
 from typing import Any
 
 from gru4rec.foundation.errors import UserError
+from gru4rec.foundation.values import parse_value
+from gru4rec.model.config import MODEL_FIELDS, ModelConfig
+from gru4rec.training.settings import TRAINING_FIELDS, TrainingSettings
 
 log = logging.getLogger(__name__)
 
-LOSSES = ("cross-entropy", "bpr-max", "top1-max", "bpr", "top1")
-LOSS_ALIASES = {"xe": "cross-entropy", "ce": "cross-entropy", "bprmax": "bpr-max", "top1max": "top1-max"}
-OPTIMIZERS = ("adagrad", "adam")
+# Every parameter by its reference name, in the order files and tables show them.
+ORDER = (
+    "loss", "layers", "batch_size", "dropout_p_embed", "dropout_p_hidden", "learning_rate", "momentum",
+    "n_sample", "sample_alpha", "bpreg", "elu_param", "logq", "embedding", "constrained_embedding",
+    "n_epochs", "optimizer", "sample_cache_size",
+)
+FIELDS = {
+    **{f.name: f for f in dataclasses.fields(ModelConfig)},
+    **{f.name: f for f in dataclasses.fields(TrainingSettings)},
+}
+assert set(ORDER) == set(FIELDS)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class HyperParams:
-    """GRU4Rec hyper-parameters; defaults are the reference implementation's."""
+    """The network's configuration and the training settings, built from reference names.
 
-    loss: str = "cross-entropy"
-    layers: tuple[int, ...] = (100,)
-    batch_size: int = 64
-    dropout_p_embed: float = 0.0  # probability of DROPPING an input embedding unit
-    dropout_p_hidden: float = 0.0  # probability of DROPPING a GRU output unit
-    learning_rate: float = 0.05
-    momentum: float = 0.0
-    n_sample: int = 2048  # extra negatives shared by the mini-batch
-    sample_alpha: float = 0.5  # negatives drawn proportional to support ** sample_alpha
-    bpreg: float = 1.0  # BPR-max score regularisation
-    elu_param: float = 0.5  # BPR-max: ELU on the scores when > 0
-    logq: float = 0.0  # cross-entropy: weight of the logQ correction
-    embedding: int = 0  # size of a separate input embedding (0: none)
-    constrained_embedding: bool = True  # input embedding shared with the output weights
-    n_epochs: int = 10
-    optimizer: str = "adagrad"  # adagrad (reference: Adagrad + momentum, sparse rows) or adam
-    sample_cache_size: int = 10_000_000  # negatives pre-drawn at once (device memory: 8 B each)
+    `HyperParams(layers=(200,), loss="bpr-max")` sorts each name into its part; a parameter can be
+    read by its name too (`params.batch_size` is `params.training.batch_size`).
+    """
 
-    def __post_init__(self) -> None:
-        loss = LOSS_ALIASES.get(self.loss, self.loss)
-        object.__setattr__(self, "loss", loss)
-        object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
-        _check(loss in LOSSES, "loss", loss, f"one of {', '.join(LOSSES)}")
-        _check(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {', '.join(OPTIMIZERS)}")
-        _check(len(self.layers) > 0 and all(x > 0 for x in self.layers), "layers", self.layers, "one or more positive sizes")
-        _check(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
-        for name in ("dropout_p_embed", "dropout_p_hidden"):
-            value = getattr(self, name)
-            _check(0.0 <= value < 1.0, name, value, "a drop probability in [0, 1)")
-        _check(self.learning_rate > 0, "learning_rate", self.learning_rate, "> 0")
-        _check(0.0 <= self.momentum < 1.0, "momentum", self.momentum, "in [0, 1)")
-        _check(self.n_sample >= 0, "n_sample", self.n_sample, ">= 0")
-        _check(0.0 <= self.sample_alpha <= 1.0, "sample_alpha", self.sample_alpha, "in [0, 1]")
-        _check(self.bpreg >= 0, "bpreg", self.bpreg, ">= 0")
-        _check(self.elu_param >= 0, "elu_param", self.elu_param, ">= 0")
-        _check(self.logq >= 0, "logq", self.logq, ">= 0")
-        _check(self.embedding >= 0, "embedding", self.embedding, ">= 0")
-        _check(self.n_epochs >= 1, "n_epochs", self.n_epochs, ">= 1")
-        _check(self.sample_cache_size >= 1, "sample_cache_size", self.sample_cache_size, ">= 1")
-        if self.constrained_embedding and self.embedding > 0:
-            log.warning("embedding=%d is ignored: constrained_embedding=true shares the output weights as input embedding", self.embedding)
-        if self.optimizer == "adam" and self.momentum > 0:
-            log.warning("momentum=%s is ignored by optimizer=adam", self.momentum)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
 
-    @property
-    def embedding_mode(self) -> str:
-        """'shared' (input embedding = output weights), 'separate' or 'none' (one-hot input)."""
-        if self.constrained_embedding:
-            return "shared"
-        return "separate" if self.embedding > 0 else "none"
+    def __init__(self, model: ModelConfig | None = None, training: TrainingSettings | None = None, **values: Any) -> None:
+        unknown = sorted(set(values) - set(FIELDS))
+        if unknown:
+            raise TypeError(f"unknown parameter(s): {', '.join(unknown)}")
+        model = model or ModelConfig()
+        training = training or TrainingSettings()
+        model_values = {k: v for k, v in values.items() if k in MODEL_FIELDS}
+        training_values = {k: v for k, v in values.items() if k in TRAINING_FIELDS}
+        object.__setattr__(self, "model", dataclasses.replace(model, **model_values) if model_values else model)
+        object.__setattr__(self, "training", dataclasses.replace(training, **training_values) if training_values else training)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in MODEL_FIELDS or name == "embedding_mode":
+            return getattr(self.model, name)
+        if name in TRAINING_FIELDS:
+            return getattr(self.training, name)
+        raise AttributeError(name)
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["layers"] = list(self.layers)
-        return data
+        """Every parameter by name, in the usual order (what parameter files and metadata show)."""
+        merged = {**self.model.to_dict(), **self.training.to_dict()}
+        return {name: merged[name] for name in ORDER}
 
     def replace(self, **changes: Any) -> HyperParams:
         return from_mapping({**self.to_dict(), **changes})
 
-
-def _check(ok: bool, name: str, value: Any, expected: str) -> None:
-    if not ok:
-        raise UserError(f"parameter {name}={value!r} is invalid: expected {expected}")
-
-
-FIELDS = {f.name: f for f in dataclasses.fields(HyperParams)}
+    def __repr__(self) -> str:
+        return "HyperParams(" + ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items()) + ")"
 
 
 def from_mapping(values: dict[str, Any], source: str = "parameters") -> HyperParams:
@@ -167,16 +152,8 @@ def load_params(name_or_file: str | None = None, overrides: list[str] | None = N
         key = key.strip()
         if not sep or not key:
             raise UserError(f"--set {item!r}: expected key=value")
-        values[key] = _parse_override(raw.strip())
+        values[key] = parse_value(raw.strip())
     return from_mapping(values, source=f"parameters ({name_or_file or 'defaults'})")
-
-
-def _parse_override(raw: str) -> Any:
-    """Read a value as TOML would (numbers, booleans, lists), falling back to the raw string."""
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
 
 
 def _read_params_source(name_or_file: str) -> dict[str, Any]:

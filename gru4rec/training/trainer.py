@@ -24,10 +24,13 @@ from gru4rec.model.checkpoint import (
     load_checkpoint,
     load_optimizer_state,
     load_resume_state,
+    model_config,
     read_metadata,
     save_checkpoint,
+    training_settings,
 )
 from gru4rec.training.params import HyperParams
+from gru4rec.training.settings import TrainingSettings
 from gru4rec.data.sessions import ItemMap, Sessions, load_eval_data, load_training_data
 from gru4rec.foundation.errors import UserError
 from gru4rec.evaluation.protocol import DEFAULT_CUTOFFS, ModelScorer, evaluate
@@ -89,7 +92,7 @@ class Trainer:
         is_main: bool = True,
         threads: int | None = None,
     ) -> None:
-        self.params = params
+        self.settings = settings = params.training
         # A GRU4Rec step is many small ops: on a CPU one intra-op thread is fastest (measured on
         # 2 cores: 24k vs 20k events/s) and does not collapse when other processes share the cores.
         self.threads = threads if threads is not None else (1 if device.type == "cpu" else None)
@@ -99,15 +102,15 @@ class Trainer:
         torch.manual_seed(seed)
         if device.type == "cpu":
             torch.set_flush_denormal(True)  # BPR-max on CPU is up to 15x slower with denormals
-        self.model = (model or GRU4Rec(len(item_counts), params)).to(device)
-        self.optimizers = make_optimizer(self.model, params.optimizer, params.learning_rate, params.momentum)
+        self.model = (model or GRU4Rec(len(item_counts), params.model)).to(device)
+        self.optimizers = make_optimizer(self.model, settings.optimizer, settings.learning_rate, settings.momentum)
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
         counts = torch.as_tensor(item_counts, dtype=torch.float64, device=device)
-        self.sampler = NegativeSampler(counts, params.n_sample, params.sample_alpha, params.sample_cache_size, self.generator)
+        self.sampler = NegativeSampler(counts, settings.n_sample, settings.sample_alpha, settings.sample_cache_size, self.generator)
         # logQ of the columns: training count for in-batch targets, count^alpha for extra samples
         self.log_counts = torch.log(counts.clamp_min(1)).float()
-        self.loss_fn = make_loss(params.loss, logq=params.logq, elu_param=params.elu_param, bpreg=params.bpreg)
+        self.loss_fn = make_loss(settings.loss, logq=settings.logq, elu_param=settings.elu_param, bpreg=settings.bpreg)
         self.items = torch.from_numpy(sessions.items).to(device)
         fusable = len(self.optimizers) == 1 and supports(self.model, self.optimizers[0])
         if step == "fused" and not fusable:
@@ -118,13 +121,13 @@ class Trainer:
         if step not in ("auto", "fused", "eager"):
             raise UserError(f"--step {step!r}: expected auto, fused or eager")
         self.fused = (
-            FusedStep(self.model, self.optimizers[0], params.loss, self.loss_fn, params.logq)
+            FusedStep(self.model, self.optimizers[0], settings, self.loss_fn)
             if fusable and step != "eager" else None
         )
         self.reducer = None
         self._total_steps: int | None = None  # distributed: updates per epoch, agreed by all ranks
         if world_size > 1:
-            if params.optimizer != "adagrad":
+            if settings.optimizer != "adagrad":
                 raise UserError("distributed training supports optimizer=adagrad (the reference optimiser) only")
             self.reducer = ddp.GradientReducer(self.model, world_size)
 
@@ -133,8 +136,8 @@ class Trainer:
         sample = self.sampler.next()
         columns = torch.cat([targets, sample])
         log_q = None
-        if self.params.loss == "cross-entropy" and self.params.logq > 0:
-            log_q = torch.cat([self.log_counts[targets], self.params.sample_alpha * self.log_counts[sample]])
+        if self.settings.loss == "cross-entropy" and self.settings.logq > 0:
+            log_q = torch.cat([self.log_counts[targets], self.settings.sample_alpha * self.log_counts[sample]])
         if self.fused is not None:
             loss, hidden, grads = self.fused.gradients(inputs, columns, hidden, log_q)
             if self.reducer is not None:
@@ -143,32 +146,21 @@ class Trainer:
             return loss, hidden
         hidden = self.model.step(inputs, hidden)
         O = self.model.score(hidden, columns)
-        loss = self.loss_fn(O, log_q) / self.params.batch_size
+        loss = self.loss_fn(O, log_q) / self.settings.batch_size
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.reducer is not None:
-            self.optimizers[0].apply(self.reducer.reduce(self._autograd_gradients()))
+            self.optimizers[0].apply(self.reducer.reduce(Gradients.from_autograd(self.model.parameters())))
         else:
             for opt in self.optimizers:
                 opt.step()
         return loss.detach(), [h.detach() for h in hidden]
 
-    def _autograd_gradients(self) -> Gradients:
-        grads = Gradients()
-        for p in self.model.parameters():
-            if p.grad is None:
-                continue
-            if p.grad.is_sparse:
-                grads.sparse.append((p, p.grad._indices()[0], p.grad._values()))
-            else:
-                grads.dense.append((p, p.grad))
-        return grads
-
     @property
     def _min_rows(self) -> int:
         # a lone slot with no extra negatives has nothing to rank against
-        return max(1, 2 - self.params.n_sample)
+        return max(1, 2 - self.settings.n_sample)
 
     def train_epoch(self, epoch: int) -> EpochStats:
         previous = torch.get_num_threads()
@@ -182,16 +174,16 @@ class Trainer:
     def _train_epoch(self, epoch: int) -> EpochStats:
         self.model.train()
         n_events = self.sessions.n_events - self.sessions.n_sessions
-        hidden = self.model.init_hidden(min(self.params.batch_size, self.sessions.n_sessions), self.device)
+        hidden = self.model.init_hidden(min(self.settings.batch_size, self.sessions.n_sessions), self.device)
         loss_sum = torch.zeros((), device=self.device)
         n_steps = done = 0
         start = time.perf_counter()
         if self.reducer is not None and self._total_steps is None:
             # every process must join as many updates as the longest shard has mini-batches
-            local = count_steps(self.sessions, self.params.batch_size, self._min_rows)
+            local = count_steps(self.sessions, self.settings.batch_size, self._min_rows)
             self._total_steps = ddp.all_reduce_max(local, self.device)
         bar = progress(total=n_events, desc=f"epoch {epoch}", unit="ev", disable=True if not self.is_main else None)
-        for step in session_parallel_steps(self.sessions, self.params.batch_size):
+        for step in session_parallel_steps(self.sessions, self.settings.batch_size):
             if step.keep is not None:
                 keep = torch.from_numpy(step.keep).to(self.device)
                 hidden = [h.index_select(0, keep) for h in hidden]
@@ -289,15 +281,15 @@ def _train(
         if resume:
             raise UserError("--resume and --init-from exclude each other: resume continues the run in MODEL_DIR")
         base = load_checkpoint(init_from, "cpu")
-        check_compatible(base.params, params, str(init_from))
+        check_compatible(base.config, params.model, str(init_from))
     sessions, item_map, counts, frame = load_training_data(
         train_path, base.item_map if base else None, keep_vanished_items
     )
     model, warm, warm_optimizer = None, None, None
     if base is not None:
-        model, warm = warm_start_model(base, item_map, params)
+        model, warm = warm_start_model(base, item_map, params.model)
         warm_optimizer = warm_start_optimizer_state(
-            load_optimizer_state(init_from, "cpu"), base, model, item_map, params
+            load_optimizer_state(init_from, "cpu"), base, model, item_map, params.training
         )
     if sessions.n_sessions < params.batch_size:
         log.warning("only %d sessions, fewer than batch_size=%d: the batch is smaller", sessions.n_sessions, params.batch_size)
@@ -318,6 +310,7 @@ def _train(
         "seed": seed,
         "selection_metric": metric if valid else None,
         "world_size": ctx.world_size if ctx else 1,
+        "settings": params.training.to_dict(),
     }
     if warm is not None:
         summary["init_from"] = {"model_dir": str(init_from), "model_version": base.version, **warm}
@@ -404,7 +397,8 @@ def _resume(trainer: Trainer, out_dir: Path, params: HyperParams, item_map: Item
     state = load_resume_state(out_dir, dev)
     if state is None:
         raise UserError(f"{out_dir}: nothing to resume (the run there finished, or never wrote an epoch)")
-    if metadata["hyperparameters"] != params.to_dict():
+    recorded = {**model_config(metadata, out_dir).to_dict(), **training_settings(metadata)}
+    if recorded != params.to_dict():
         raise UserError(f"{out_dir}: was trained with other parameters; resume with the same --params/--set")
     if list(metadata["item_ids"]) != [str(i) for i in item_map.ids]:
         raise UserError(f"{out_dir}: was trained on another training file; resume with the same TRAIN")

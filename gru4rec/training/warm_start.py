@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from gru4rec.model.checkpoint import Checkpoint
-from gru4rec.training.params import HyperParams
+from gru4rec.model.config import ModelConfig
+from gru4rec.training.settings import TrainingSettings
 from gru4rec.data.sessions import ItemMap
 from gru4rec.foundation.errors import UserError
 from gru4rec.model.network import GRU4Rec
@@ -30,10 +31,10 @@ ARCHITECTURE = ("layers", "embedding", "constrained_embedding")
 ITEM_TABLES = ("Wy.weight", "By.weight", "E.weight", "onehot.Wx.weight")  # one row per item
 
 
-def check_compatible(base: HyperParams, params: HyperParams, source: str) -> None:
-    changed = [name for name in ARCHITECTURE if getattr(base, name) != getattr(params, name)]
+def check_compatible(base: ModelConfig, config: ModelConfig, source: str) -> None:
+    changed = [name for name in ARCHITECTURE if getattr(base, name) != getattr(config, name)]
     if changed:
-        details = ", ".join(f"{n}: {getattr(base, n)!r} -> {getattr(params, n)!r}" for n in changed)
+        details = ", ".join(f"{n}: {getattr(base, n)!r} -> {getattr(config, n)!r}" for n in changed)
         raise UserError(f"--init-from {source}: cannot change the architecture of a warm start ({details})")
 
 
@@ -44,9 +45,9 @@ def _row_mapping(base: Checkpoint, item_map: ItemMap) -> tuple[torch.Tensor, tor
 
 
 @torch.no_grad()
-def warm_start_model(base: Checkpoint, item_map: ItemMap, params: HyperParams) -> tuple[GRU4Rec, dict[str, int]]:
+def warm_start_model(base: Checkpoint, item_map: ItemMap, config: ModelConfig) -> tuple[GRU4Rec, dict[str, int]]:
     """A model for `item_map` that carries over everything `base` learned about its items."""
-    model = GRU4Rec(len(item_map), params)
+    model = GRU4Rec(len(item_map), config)
     src, dst, new = _row_mapping(base, item_map)
     known = dst.numpy()
     base_state = base.model.state_dict()
@@ -69,13 +70,14 @@ def warm_start_model(base: Checkpoint, item_map: ItemMap, params: HyperParams) -
 
 @torch.no_grad()
 def warm_start_optimizer_state(
-    states: list[dict[str, Any]] | None, base: Checkpoint, model: GRU4Rec, item_map: ItemMap, params: HyperParams
+    states: list[dict[str, Any]] | None, base: Checkpoint, model: GRU4Rec, item_map: ItemMap, settings: TrainingSettings
 ) -> list[dict[str, Any]] | None:
     """The base run's Adagrad state remapped to the new catalogue (None: start afresh)."""
-    if states is None or params.optimizer != "adagrad" or base.params.optimizer != "adagrad" or len(states) != 1:
+    base_settings = base.training_settings
+    if states is None or settings.optimizer != "adagrad" or base_settings.get("optimizer", "adagrad") != "adagrad" or len(states) != 1:
         log.info("warm start: optimiser state starts afresh")
         return None
-    if (params.momentum > 0) != (base.params.momentum > 0):
+    if (settings.momentum > 0) != (float(base_settings.get("momentum", 0.0)) > 0):
         log.info("warm start: momentum switched on/off, optimiser state starts afresh")
         return None
     src, dst, _ = _row_mapping(base, item_map)
@@ -93,5 +95,5 @@ def warm_start_optimizer_state(
         else:
             state["state"][index] = values
     group = state["param_groups"][0]
-    group.update(lr=params.learning_rate, momentum=params.momentum)
+    group.update(lr=settings.learning_rate, momentum=settings.momentum)
     return [state]

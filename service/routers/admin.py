@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends
 
-from gru4rec.foundation.errors import UserError
 from service.dependencies import get_runtime, require_api_key
 from service.runtime import ModelRuntime
 from service.schemas import ReloadResponse
@@ -29,8 +28,5 @@ async def reload_model(runtime: ModelRuntime = Depends(get_runtime)) -> ReloadRe
     With several workers this reloads the worker that answers; the others follow within
     GRU4REC_RELOAD_POLL_S seconds by watching the directory.
     """
-    try:
-        result = await runtime.reload()
-    except UserError as exc:
-        raise HTTPException(409, f"reload failed, still serving {runtime.bundle.version}: {exc}") from None
+    result = await runtime.reload()
     return ReloadResponse(previous_version=result.previous_version, model_version=result.model_version, changed=result.changed)

@@ -9,7 +9,8 @@ from starlette.concurrency import run_in_threadpool
 from service.dependencies import get_metrics, get_store
 from service.metrics import CONTENT_TYPE, Metrics
 from service.schemas import Health, Readiness
-from service.sessions import SessionStore, SessionStoreError
+from service.errors import SessionStoreError
+from service.sessions import SessionStore
 
 router = APIRouter(tags=["operations"])
 

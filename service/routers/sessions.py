@@ -7,15 +7,11 @@ from starlette.concurrency import run_in_threadpool
 
 from service.dependencies import Serving, get_recommender, get_serving
 from service.recommender import Filters, Recommender
-from service.schemas import ERRORS, EventRequest, RecommendResponse
-from service.settings import SESSION_ID_PATTERN
+from service.schemas import ERRORS, SESSION_ID_RULE, EventRequest, RecommendResponse
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
-SessionIdPath = Path(
-    ..., min_length=1, max_length=128, pattern=SESSION_ID_PATTERN,
-    description="the caller's session id: 1-128 printable ASCII characters, no spaces", examples=["s-42"],
-)
+SessionIdPath = Path(..., **SESSION_ID_RULE, examples=["s-42"])
 
 
 @router.post(

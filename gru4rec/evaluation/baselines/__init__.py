@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import tomllib
 from typing import Any
 
 from gru4rec.evaluation.baselines.base import Baseline, TrainSet, load_train_set
@@ -24,6 +23,7 @@ from gru4rec.evaluation.baselines.popularity import Pop, SessionPop
 from gru4rec.evaluation.baselines.rules import SequentialRules
 from gru4rec.evaluation.baselines.sknn import STAN, VSKNN
 from gru4rec.foundation.errors import UserError
+from gru4rec.foundation.values import parse_value
 
 BASELINES: dict[str, type[Baseline]] = {
     "pop": Pop,
@@ -50,10 +50,7 @@ def parse_baseline_spec(spec: str) -> tuple[str, dict[str, Any]]:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise UserError(f"baseline {spec!r}: expected NAME:key=value,key=value, got {item!r}")
-        try:
-            params[key.strip()] = tomllib.loads(f"v = {raw.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
-            params[key.strip()] = raw.strip()
+        params[key.strip()] = parse_value(raw.strip())
     return name, params
 
 
