@@ -22,7 +22,7 @@ from gru4rec.model.checkpoint import load_checkpoint
 from gru4rec.training.params import load_params
 from gru4rec.data.sessions import load_eval_data
 from gru4rec.evaluation.protocol import ModelScorer, evaluate
-from gru4rec.training.trainer import train
+from gru4rec.training.run import train
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rsc15_100k"
 REFERENCE = {  # authors' reference code on this split (Recall@20, MRR@20)

@@ -59,7 +59,7 @@ log = logging.getLogger("serve_latency")
 def prepare_model(name: str, work: Path) -> Path:
     """Train (once) and return the model directory for `name` (3k, 37k or 100k)."""
     from gru4rec.training.params import load_params
-    from gru4rec.training.trainer import train
+    from gru4rec.training.run import train
 
     out = work / f"model-{name}"
     if (out / "metadata.json").exists() and not (out / "resume.pt").exists():

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from gru4rec.data.sessions import read_events
     from gru4rec.cli.evaluate import check_options, evaluate_scored, fit_baseline_scorer, load_model
     from gru4rec.evaluation.reports import comparison_markdown, plot_metrics
-    from gru4rec.training.trainer import resolve_device
+    from gru4rec.foundation.devices import resolve_device
 
     check_options(args)
     models = _model_specs(args.model)

@@ -126,7 +126,7 @@ def check_options(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     from gru4rec.foundation.atomic import atomic_file
     from gru4rec.evaluation.reports import format_breakdown, format_metrics_table, plot_metrics
-    from gru4rec.training.trainer import resolve_device
+    from gru4rec.foundation.devices import resolve_device
 
     check_options(args)
     device = resolve_device(args.device)

@@ -67,7 +67,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from gru4rec.training.params import load_params
     from gru4rec.foundation.errors import UserError
-    from gru4rec.training.trainer import train
+    from gru4rec.training.run import train
 
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be >= 1, got {args.threads}")

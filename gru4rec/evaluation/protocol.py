@@ -228,6 +228,16 @@ def check_cutoffs(cutoffs: Sequence[int], n_items: int) -> list[int]:
     return cutoffs
 
 
+def check_metric(metric: str, n_items: int | None = None) -> int:
+    """The cut-off K of a selection metric recall@K / mrr@K / ndcg@K (at most the catalogue size)."""
+    name, _, k = metric.partition("@")
+    limit = n_items if n_items is not None else float("inf")
+    if name not in RANK_METRICS or not k.isdigit() or not 1 <= int(k) <= limit:
+        bound = f" with 1 <= K <= {n_items}" if n_items is not None else ""
+        raise UserError(f"--metric {metric!r}: expected recall@K, mrr@K or ndcg@K{bound}, e.g. mrr@20")
+    return int(k)
+
+
 def check_protocol(protocol: str) -> None:
     if protocol not in PROTOCOLS:
         raise UserError(f"unknown protocol {protocol!r}: use one of {', '.join(PROTOCOLS)}")

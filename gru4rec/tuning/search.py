@@ -241,7 +241,9 @@ def tune(
     from optuna.trial import TrialState
 
     from gru4rec.data.sessions import load_eval_data, load_training_data
-    from gru4rec.training.trainer import check_metric, resolve_device, train
+    from gru4rec.evaluation.protocol import check_metric
+    from gru4rec.foundation.devices import resolve_device
+    from gru4rec.training.run import train
 
     if n_trials < 1:
         raise UserError(f"--trials must be >= 1, got {n_trials}")

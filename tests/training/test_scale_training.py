@@ -23,7 +23,8 @@ from gru4rec.data.sessions import ItemMap, Sessions, load_eval_data
 from gru4rec.training.distributed import shard_sessions
 from gru4rec.foundation.errors import UserError
 from gru4rec.evaluation.protocol import ModelScorer, evaluate
-from gru4rec.training.trainer import Trainer, train
+from gru4rec.training.run import train
+from gru4rec.training.trainer import Trainer
 from gru4rec.training.warm_start import warm_start_model
 
 PYTHON = sys.executable

@@ -19,7 +19,8 @@ from gru4rec.foundation.errors import UserError
 from gru4rec.evaluation.protocol import ModelScorer, evaluate
 from gru4rec.training.fused import FusedStep
 from gru4rec.model.network import GRU4Rec
-from gru4rec.training.trainer import Trainer, train
+from gru4rec.training.run import train
+from gru4rec.training.trainer import Trainer
 
 CPU = torch.device("cpu")
 

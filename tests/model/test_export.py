@@ -19,7 +19,7 @@ from gru4rec.cli import main
 from gru4rec.training.params import load_params
 from gru4rec.foundation.errors import UserError
 from gru4rec.model.export import export_model, sidecar_path
-from gru4rec.training.trainer import train
+from gru4rec.training.run import train
 
 # torch 2.13 flags torch.jit.load as deprecated; loading TorchScript is exactly what is tested here
 pytestmark = [

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO
 from service_helpers import client, model_a, settings
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-STATIC = Path(__file__).resolve().parent.parent / "service" / "static"
+STATIC = REPO / "service" / "static"
 WAIT_S = 15
 
 

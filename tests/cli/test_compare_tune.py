@@ -13,7 +13,7 @@ import pytest
 from gru4rec.cli import main
 from gru4rec.training.params import HyperParams, builtin_names, load_params
 from gru4rec.foundation.errors import UserError
-from gru4rec.training.trainer import train
+from gru4rec.training.run import train
 from gru4rec.tuning.search import builtin_spaces, load_space
 
 TINY = {"layers": (16,), "n_epochs": 1, "n_sample": 16, "batch_size": 16}

@@ -37,7 +37,7 @@ def write_sessions(path: Path, first_item: int, n_items: int, n_sessions: int = 
 
 def _train(name: str, first_item: int, n_items: int, seed: int) -> Path:
     from gru4rec.training.params import load_params
-    from gru4rec.training.trainer import train
+    from gru4rec.training.run import train
 
     data = write_sessions(_ROOT / f"{name}.tsv", first_item, n_items, seed=seed)
     params = load_params(None, ["layers=[16]", "n_sample=16", "n_epochs=1", "batch_size=8", "sample_cache_size=16000"])

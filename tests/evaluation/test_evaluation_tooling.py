@@ -287,7 +287,7 @@ def test_evaluate_command_baseline_json_and_plot(tmp_path, capsys):
 
 
 def test_evaluate_command_model(tmp_path):
-    from gru4rec.training.trainer import train
+    from gru4rec.training.run import train
 
     train_file, test = tiny_split(tmp_path)
     train(train_file, tmp_path / "model", HyperParams(layers=(16,), n_epochs=1, n_sample=16, batch_size=16), device="cpu")
