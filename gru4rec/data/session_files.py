@@ -1,6 +1,8 @@
 """Prepared session files: TSV with the header `SessionId ItemId Time` (the authors' format) or Parquet.
 
-Every part of the project reads and writes them through this module.
+Every part of the project reads and writes them through this module. Reading is columnar and
+streamed (pyarrow parses the file in blocks on every core): ids stay text but are dictionary-encoded
+as they are read, so a file of tens of millions of events never becomes a Python object per event.
 """
 
 from __future__ import annotations
@@ -8,59 +10,288 @@ from __future__ import annotations
 import contextlib
 import gzip
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
+from gru4rec.data.ids import ItemCodes, SessionRuns, concatenate
 from gru4rec.foundation.atomic import atomic_file
 from gru4rec.foundation.errors import UserError
 
 COLUMNS = ("SessionId", "ItemId", "Time")
 
+_BLOCK_SIZE = 1 << 24  # bytes of text per parsed block: a few large blocks keep every core busy
+_PARQUET_BATCH_ROWS = 1 << 21
+# what pyarrow decompresses while streaming; .zip and .xz go through Python's readers
+_STREAM_CODECS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".lz4": "lz4"}
 
-def read_session_file(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """Read a prepared session file; ItemId comes back as str so ids of any kind map the same way.
 
-    Accepts TSV (optionally .gz/.zip/.bz2/.xz compressed) and Parquet (by the .parquet suffix).
+@dataclass
+class SessionColumns:
+    """A session file's columns in file order: one array entry per event, no Python object per event.
+
+    Ids stay text. Each id column is dictionary-encoded once: `session` and `item` hold int32 codes,
+    numbered in order of first appearance in the file, and `session_ids[code]` / `item_ids[code]`
+    is the id as written (an Arrow string array).
+    """
+
+    session: np.ndarray
+    session_ids: pa.Array
+    item: np.ndarray
+    item_ids: pa.Array
+    time: np.ndarray  # float64 Unix seconds
+
+    def __len__(self) -> int:
+        return int(self.time.shape[0])
+
+    @classmethod
+    def from_frame(cls, df: pd.DataFrame) -> SessionColumns:
+        """The columns of an in-memory frame (ids taken as their text), for tools and tests."""
+        builder = _ColumnBuilder(Path("<frame>"))
+        builder.add(*(pa.array(df[c].astype(str).to_numpy()) for c in COLUMNS[:2]), pa.array(df["Time"]))
+        return builder.finish()
+
+
+def read_session_columns(path: str | os.PathLike[str]) -> SessionColumns:
+    """Read a prepared session file: TSV (optionally .gz/.bz2/.zst/.lz4/.xz/.zip) or Parquet (.parquet).
+
+    Every reading path of the project (training, evaluation, baselines, tuning, warm start) starts
+    here. Bad input is a UserError naming the file, and the row where there is one.
     """
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: file not found")
     if path.is_dir():
         raise UserError(f"{path}: is a directory, expected a session file")
+    builder = _ColumnBuilder(path)
     try:
-        if path.suffix == ".parquet":
-            df = pd.read_parquet(path)
-        else:
-            df = pd.read_csv(path, sep="\t", dtype={"ItemId": str, "SessionId": str}, engine="c")
-    except UserError:
-        raise
-    except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise UserError(f"{path}: cannot read as a session file ({exc})") from None
-    missing = [c for c in COLUMNS if c not in df.columns]
+        for session, item, time in _parquet_batches(path) if path.suffix == ".parquet" else _tsv_batches(path):
+            builder.add(session, item, time)
+    except (pa.ArrowException, OSError, EOFError, ValueError) as exc:
+        raise _read_error(path, exc) from None
+    return builder.finish()
+
+
+def read_session_file(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """A prepared session file as a DataFrame (SessionId and ItemId as str, Time float64), for small files.
+
+    The library itself works on read_session_columns; this builds one Python string per event.
+    """
+    cols = read_session_columns(path)
+    return pa.table(
+        {"SessionId": cols.session_ids.take(pa.array(cols.session)), "ItemId": cols.item_ids.take(pa.array(cols.item)),
+         "Time": cols.time}
+    ).to_pandas()
+
+
+def _read_error(path: Path, exc: BaseException) -> UserError:
+    lines = str(exc).strip().splitlines()
+    message = lines[0] if lines else type(exc).__name__
+    if isinstance(exc, EOFError) or any(word in message.lower() for word in ("truncated", "inflate", "compressed")):
+        return UserError(f"{path}: the compressed file is truncated or damaged ({message})")
+    return UserError(f"{path}: cannot read as a session file ({message})")
+
+
+@contextlib.contextmanager
+def _open_stream(path: Path) -> Iterator:
+    """The decompressed bytes of a TSV file; compression by name, and gzip also by its magic bytes."""
+    suffix = path.suffix.lower()
+    if suffix == ".zip":
+        import zipfile
+
+        with zipfile.ZipFile(path) as archive:
+            names = [i.filename for i in archive.infolist() if not i.is_dir()]
+            if len(names) != 1:
+                raise UserError(f"{path}: a .zip session file must hold exactly one file, found {len(names)}")
+            with archive.open(names[0]) as fh:
+                yield fh
+        return
+    if suffix == ".xz":
+        import lzma
+
+        with lzma.open(path, "rb") as fh:
+            yield fh
+        return
+    codec = _STREAM_CODECS.get(suffix)
+    if codec is None:
+        with open(path, "rb") as fh:
+            codec = "gzip" if fh.read(2) == b"\x1f\x8b" else None
+    stream = pa.input_stream(str(path), compression=codec)
+    try:
+        yield stream
+    finally:
+        stream.close()
+
+
+def _check_header(path: Path) -> None:
+    with _open_stream(path) as stream:
+        head = stream.read(1 << 16)
+    line = head.split(b"\n", 1)[0].rstrip(b"\r").removeprefix(b"\xef\xbb\xbf").decode("utf-8", "replace")
+    if not line.strip():
+        raise UserError(f"{path}: empty file, expected a session file with the header 'SessionId<TAB>ItemId<TAB>Time'")
+    found = [name.strip('"') for name in line.split("\t")]
+    missing = [c for c in COLUMNS if c not in found]
     if missing:
         raise UserError(
             f"{path}: missing column(s) {', '.join(missing)}; a session file needs the header "
-            f"'SessionId<TAB>ItemId<TAB>Time' (found: {', '.join(map(str, df.columns)) or 'nothing'})"
+            f"'SessionId<TAB>ItemId<TAB>Time' (found: {', '.join(found)})"
         )
-    df = df[list(COLUMNS)]
-    if df.empty:
-        raise UserError(f"{path}: no events")
-    for col in ("SessionId", "ItemId"):
-        bad = df[col].isna()
-        if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0]) + 2  # +1 header, +1 one-based
-            raise UserError(f"{path}: row {row}: empty {col}")
-    df["ItemId"] = df["ItemId"].astype(str)
-    df["SessionId"] = df["SessionId"].astype(str)
-    time = pd.to_numeric(df["Time"], errors="coerce")
-    bad = time.isna()
-    if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0]) + 2
-        raise UserError(f"{path}: row {row}: Time {df['Time'].iloc[row - 2]!r} is not a number (Unix seconds)")
-    df["Time"] = time.astype(np.float64)
-    return df
+
+
+def _tsv_batches(path: Path) -> Iterator[tuple[pa.Array, pa.Array, pa.Array]]:
+    import pyarrow.csv as pacsv
+
+    _check_header(path)
+    read = pacsv.ReadOptions(block_size=_BLOCK_SIZE)
+    parse = pacsv.ParseOptions(delimiter="\t")
+    convert = pacsv.ConvertOptions(
+        include_columns=list(COLUMNS), column_types={"SessionId": pa.string(), "ItemId": pa.string(), "Time": pa.float64()},
+        null_values=[""], strings_can_be_null=False,
+    )
+    with _open_stream(path) as stream:
+        try:
+            for batch in pacsv.open_csv(stream, read_options=read, parse_options=parse, convert_options=convert):
+                yield batch.column(0), batch.column(1), batch.column(2)
+        except pa.ArrowInvalid as exc:
+            if "conversion error" in str(exc):  # only Time is converted: name its first non-number
+                raise _bad_time_text(path) from None
+            raise
+
+
+def _bad_time_text(path: Path) -> UserError:
+    """Re-read Time as text to name the first value that is not a number (the parser only says which block)."""
+    import pyarrow.csv as pacsv
+
+    convert = pacsv.ConvertOptions(include_columns=["Time"], column_types={"Time": pa.string()}, strings_can_be_null=False)
+    rows = 0
+    with _open_stream(path) as stream:
+        for batch in pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=_BLOCK_SIZE),
+                                    parse_options=pacsv.ParseOptions(delimiter="\t"), convert_options=convert):
+            bad = _first_unparsable(batch.column(0))
+            if bad is not None:
+                text = batch.column(0)[bad].as_py()
+                return UserError(f"{path}: row {rows + bad + 2}: Time {text!r} is not a number (Unix seconds)")
+            rows += batch.num_rows
+    return UserError(f"{path}: the Time column holds a value that is not a number (Unix seconds)")
+
+
+def _first_unparsable(text: pa.Array) -> int | None:
+    """Index of the first string that does not parse as a float (bisection: no Python object per value)."""
+    def parses(part: pa.Array) -> bool:
+        try:
+            pc.cast(part, pa.float64())
+            return True
+        except pa.ArrowInvalid:
+            return False
+
+    if parses(text):
+        return None
+    lo, hi = 0, len(text)  # text[lo:hi] holds the first bad value
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if parses(text.slice(lo, mid - lo)):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _parquet_batches(path: Path) -> Iterator[tuple[pa.Array, pa.Array, pa.Array]]:
+    import pyarrow.parquet as pq
+
+    source = pq.ParquetFile(path)
+    found = source.schema_arrow.names
+    missing = [c for c in COLUMNS if c not in found]
+    if missing:
+        raise UserError(f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(found) or 'nothing'})")
+    for batch in source.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=list(COLUMNS)):
+        yield batch.column(0), batch.column(1), batch.column(2)
+
+
+class _ColumnBuilder:
+    """Checks the batches of one file and encodes them as they come: ids to codes, times to float64."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows = 0
+        self.sessions = SessionRuns()
+        self.items = ItemCodes()
+        self.times: list[np.ndarray] = []
+
+    def _row(self, index: int) -> str:
+        return f"{self.path}: row {self.rows + index + 2}"  # +1 for the header, +1 one-based
+
+    def add(self, session: pa.Array, item: pa.Array, time: pa.Array) -> None:
+        if len(time) == 0:
+            return
+        session, item = self._ids(session, "SessionId"), self._ids(item, "ItemId")
+        time = self._times(time)
+        self.sessions.add(session)
+        self.items.add(item)
+        self.times.append(time)
+        self.rows += len(time)
+
+    def _ids(self, ids: pa.Array, name: str) -> pa.Array:
+        """The batch's ids as text (ids stored as numbers become their decimal text); none may be empty."""
+        if pa.types.is_dictionary(ids.type):
+            ids = ids.dictionary_decode()
+        if pa.types.is_floating(ids.type):
+            ids = pc.if_else(pc.is_nan(ids), pa.scalar(None, ids.type), ids)
+        if ids.null_count:
+            raise UserError(f"{self._row(_first(ids.is_null()))}: empty {name}")
+        if pa.types.is_integer(ids.type):
+            return ids  # encoded as numbers, their text is decimal
+        ids = _as_text(ids)
+        empty = pc.equal(pc.binary_length(ids), 0)
+        if pc.any(empty).as_py():
+            raise UserError(f"{self._row(_first(empty))}: empty {name}")
+        return ids
+
+    def _times(self, time: pa.Array) -> np.ndarray:
+        if pa.types.is_string(time.type) or pa.types.is_large_string(time.type):
+            bad = _first_unparsable(time)
+            if bad is not None:
+                raise UserError(f"{self._row(bad)}: Time {time[bad].as_py()!r} is not a number (Unix seconds)")
+            time = pc.cast(time, pa.float64())
+        if not (pa.types.is_floating(time.type) or pa.types.is_integer(time.type)):
+            raise UserError(f"{self.path}: column Time holds {time.type}, expected Unix seconds as numbers")
+        if time.null_count:
+            raise UserError(f"{self._row(_first(time.is_null()))}: empty Time")
+        values = time.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+        finite = np.isfinite(values)
+        if not finite.all():
+            index = int(np.flatnonzero(~finite)[0])
+            value = float(values[index])
+            what = "not a number" if np.isnan(value) else "not a finite number"
+            raise UserError(f"{self._row(index)}: Time {value} is {what} (Unix seconds)")
+        return values
+
+    def finish(self) -> SessionColumns:
+        if self.rows == 0:
+            raise UserError(f"{self.path}: no events")
+        session, session_ids = self.sessions.finish()
+        item, item_ids = self.items.finish()
+        return SessionColumns(session, session_ids, item, item_ids, concatenate(self.times))
+
+
+def _first(mask: pa.Array) -> int:
+    return int(pc.index(mask, True).as_py())
+
+
+def _as_text(ids: pa.Array) -> pa.Array:
+    """Ids as text: strings as they are, integers in decimal, floats as Python writes them (1.0)."""
+    if pa.types.is_string(ids.type):
+        return ids
+    if pa.types.is_floating(ids.type):  # rare: Python's text of each distinct value
+        encoded = pc.dictionary_encode(ids)
+        text = pa.array([repr(float(v)) for v in encoded.dictionary.to_numpy()], pa.string())
+        return text.take(encoded.indices)
+    return pc.cast(ids, pa.string())
 
 
 def _to_arrow(out: pd.DataFrame):

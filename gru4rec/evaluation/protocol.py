@@ -27,8 +27,10 @@ a miss (worst rank), as it would be for a service that never recommends seen ite
 
 Sessions are batched by length (longest first) so a batch shrinks by dropping its last rows as
 sessions end; every batch starts from a fresh state, so nothing leaks between sessions. Ranks are
-comparison counts on the full score matrix (no sort); only the coverage/popularity lists use top-k.
-Any recommender that implements `SessionScorer` (the GRU, the baselines) goes through this code.
+comparison counts (no sort); only the coverage/popularity lists use top-k. The items are scored a
+block at a time (gru4rec.evaluation.blocks), so memory stays bounded whatever the catalogue, with the
+same results as scoring them all at once. Any recommender that implements `SessionScorer` (the GRU,
+the baselines) goes through this code.
 """
 
 from __future__ import annotations
@@ -39,11 +41,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor
 
-from gru4rec.data.sessions import ItemMap, Sessions, known_event_times, load_eval_data, read_events
+from gru4rec.data.sessions import Events, ItemMap, Sessions, known_event_times, load_eval_data, read_events
+from gru4rec.evaluation.blocks import StepScores, TopLists, block_items, rank_step
 from gru4rec.foundation.errors import UserError
 from gru4rec.foundation.logs import progress
 from gru4rec.model.network import GRU4Rec
@@ -77,7 +79,11 @@ class SessionScorer(Protocol):
         """Feed one click to each of the first len(items) sessions; the other rows are dropped."""
 
     def score(self, state: Any) -> Tensor:
-        """Scores [rows, n_items] on any device; higher is better. evaluate never writes into it."""
+        """Scores [rows, n_items] on any device; higher is better. evaluate never writes into it.
+
+        A scorer may also score items a block at a time, which bounds evaluation's memory: see
+        ModelScorer.score_block and score_columns (gru4rec.evaluation.blocks uses them when present).
+        """
 
 
 class ModelScorer:
@@ -99,6 +105,26 @@ class ModelScorer:
 
     def score(self, state: list[Tensor]) -> Tensor:
         return self.model.score(state)
+
+    def score_block(self, state: list[Tensor], rows: slice, lo: int, hi: int) -> Tensor:
+        """Scores [rows, hi - lo] of items lo..hi-1: the same values as the columns of score(state)."""
+        h, one = self._rows(state, rows)
+        out = torch.addmm(self.model.By.weight[lo:hi].T, h, self.model.Wy.weight[lo:hi].T)
+        return out[:1] if one else out
+
+    def score_columns(self, state: list[Tensor], rows: slice, columns: Tensor) -> Tensor:
+        """Scores [rows, c] of items columns[r, j] for row r, as score_block gives them."""
+        h, one = self._rows(state, rows)
+        items, where = torch.unique(columns, return_inverse=True)
+        out = torch.addmm(self.model.By.weight[items].T, h, self.model.Wy.weight[items].T)
+        return (out[:1] if one else out).gather(1, where)
+
+    @staticmethod
+    def _rows(state: list[Tensor], rows: slice) -> tuple[Tensor, bool]:
+        """The session vectors of `rows`; a single row is doubled, as a one-row product takes another
+        kernel whose sums round differently (every score then comes from the same kind of product)."""
+        h = state[-1][rows]
+        return (torch.cat([h, h]), True) if len(h) == 1 else (h, False)
 
 
 def _check_ties(ties: str) -> None:
@@ -260,16 +286,16 @@ class _ListStats:
         self.pop_sum = torch.zeros(len(self.cutoffs), dtype=torch.float64, device=device)
         self.n_lists = 0
 
-    def add(self, scores: Tensor) -> None:
-        values, idx = torch.topk(scores, self.kmax, dim=1)
-        pos = torch.arange(self.kmax, device=scores.device).expand_as(idx)
+    def add(self, values: Tensor, idx: Tensor) -> None:
+        """One top-kmax list per row: the scores (best first) and the items."""
+        pos = torch.arange(self.kmax, device=values.device).expand_as(idx)
         pos = torch.where(torch.isfinite(values), pos, self.kmax)  # masked (-inf) items are not listed
         self.best_pos.scatter_reduce_(0, idx.reshape(-1), pos.reshape(-1), reduce="amin")
         if self.pop is not None:
             cum = self.pop[idx].cumsum(dim=1)
-            ks = torch.tensor(self.cutoffs, device=scores.device)
+            ks = torch.tensor(self.cutoffs, device=values.device)
             self.pop_sum += (cum[:, ks - 1] / ks).sum(dim=0)
-        self.n_lists += len(scores)
+        self.n_lists += len(values)
 
     def metrics(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -297,12 +323,15 @@ def evaluate(
     item_counts: np.ndarray | None = None,
     times: np.ndarray | None = None,
     list_metrics: bool = True,
+    item_block: int | None = None,
 ) -> EvalResult:
     """Replay `sessions` through `scorer` and rank the whole catalogue for every prediction.
 
     `item_counts` (training counts per item) enables popularity@k; `times` (aligned with
     sessions.items, see data.known_event_times) is required by scorers with needs_times. list_metrics=False
-    skips the top-k lists (coverage/popularity) when only rank metrics are wanted.
+    skips the top-k lists (coverage/popularity) when only rank metrics are wanted. `item_block` sets
+    how many items are scored at once (default: a bounded number of scores per block); the results
+    do not depend on it.
     """
     _check_ties(ties)
     check_protocol(protocol)
@@ -310,76 +339,92 @@ def evaluate(
         raise UserError(f"batch size must be >= 1, got {batch_size}")
     n_items = int(scorer.n_items)
     cutoffs = check_cutoffs(cutoffs, n_items)
-    needs_times = bool(getattr(scorer, "needs_times", False))
-    if needs_times and (times is None or len(times) != sessions.n_events):
+    if getattr(scorer, "needs_times", False) and (times is None or len(times) != sessions.n_events):
         raise ValueError("this scorer needs event times aligned with sessions.items (see data.known_event_times)")
-    device = torch.device(device)
     lengths = sessions.lengths
     order = np.argsort(-lengths, kind="stable")
     order = order[lengths[order] >= 2]
-    items = torch.from_numpy(sessions.items).to(device)
-    stats = _ListStats(n_items, cutoffs, item_counts, device) if list_metrics else None
-    all_ranks, all_pos, all_len = [], [], []
+    replay = _Replay(
+        scorer, sessions, torch.device(device), protocol, ties, exclude_seen, times, n_items, item_block,
+        _ListStats(n_items, cutoffs, item_counts, torch.device(device)) if list_metrics else None,
+    )
     n_predictions = len(order) if protocol == "last" else int((lengths[order] - 1).sum())
     bar = progress(total=n_predictions, desc="evaluate", unit="ev")
     for lo in range(0, len(order), batch_size):
-        chunk = order[lo : lo + batch_size]
-        chunk_len = lengths[chunk]
-        starts_np = sessions.offsets[chunk]
-        starts = torch.from_numpy(starts_np).to(device)
-        lens = torch.from_numpy(chunk_len).to(device)
-        state = scorer.begin(len(chunk))
+        replay.batch(order[lo : lo + batch_size], bar)
+    bar.close()
+    return replay.result(cutoffs, len(order), n_unknown)
+
+
+class _Replay:
+    """One evaluation in progress: replays batches of sessions and keeps every prediction's rank."""
+
+    def __init__(self, scorer, sessions: Sessions, device: torch.device, protocol: str, ties: str,
+                 exclude_seen: bool, times: np.ndarray | None, n_items: int, item_block: int | None,
+                 stats: _ListStats | None) -> None:
+        self.scorer, self.sessions, self.device = scorer, sessions, device
+        self.protocol, self.ties, self.exclude_seen, self.times = protocol, ties, exclude_seen, times
+        self.needs_times = bool(getattr(scorer, "needs_times", False))
+        self.n_items, self.item_block, self.stats = n_items, item_block, stats
+        self.items = torch.from_numpy(sessions.items).to(device)
+        self.ranks: list[Tensor] = []
+        self.positions: list[np.ndarray] = []
+        self.session_lengths: list[np.ndarray] = []
+
+    def batch(self, chunk: np.ndarray, bar) -> None:
+        """Replay sessions `chunk` (longest first) from a fresh state, ranking after every click."""
+        chunk_len = self.sessions.lengths[chunk]
+        starts_np = self.sessions.offsets[chunk]
+        starts = torch.from_numpy(starts_np).to(self.device)
+        lens = torch.from_numpy(chunk_len).to(self.device)
+        state = self.scorer.begin(len(chunk))
         for t in range(int(chunk_len[0]) - 1):
             m = int((chunk_len > t + 1).sum())  # sessions that still have a next event
-            clicked = items[starts[:m] + t]
-            if needs_times:
-                state = scorer.step(state, clicked, times=times[starts_np[:m] + t])
+            clicked = self.items[starts[:m] + t]
+            if self.needs_times:
+                state = self.scorer.step(state, clicked, times=self.times[starts_np[:m] + t])
             else:
-                state = scorer.step(state, clicked)
-            first = int((chunk_len > t + 2).sum()) if protocol == "last" else 0  # last: only sessions ending now
+                state = self.scorer.step(state, clicked)
+            first = int((chunk_len > t + 2).sum()) if self.protocol == "last" else 0  # last: only sessions ending now
             if first == m:
                 continue
-            scores = scorer.score(state)
-            scores = scores[first:m] if first else scores
-            scores = scores.to(device=device, dtype=torch.float32)
-            rows = slice(first, m)
-            if exclude_seen:
-                seen = items[starts[rows].unsqueeze(1) + torch.arange(t + 1, device=device)]
-                scores = scores.scatter(1, seen, float("-inf"))
-            if protocol == "remaining":
-                n_rem = int(chunk_len[first]) - t - 1
-                offs = torch.arange(n_rem, device=device)
-                valid = offs < (lens[rows] - t - 1).unsqueeze(1)
-                idx = starts[rows].unsqueeze(1) + t + 1 + torch.where(valid, offs, 0)
-                cand = scores.gather(1, items[idx]).masked_fill(~valid, float("-inf"))
-                ranks = ranks_of_scores(scores, cand.max(dim=1).values, ties)
-            else:
-                ranks = target_ranks(scores, items[starts[rows] + t + 1], ties)
-            if stats is not None:
-                stats.add(scores)
-            all_ranks.append(ranks.cpu())
-            all_pos.append(np.full(m - first, t + 1, dtype=np.int64))
-            all_len.append(chunk_len[first:m])
+            ranks = self._rank(state, slice(first, m), starts[first:m], lens[first:m], t)
+            self.ranks.append(ranks.cpu())
+            self.positions.append(np.full(m - first, t + 1, dtype=np.int64))
+            self.session_lengths.append(chunk_len[first:m])
             bar.update(m - first)
-    bar.close()
-    ranks = torch.cat(all_ranks).numpy().astype(np.float64) if all_ranks else np.zeros(0)
-    metrics = metrics_from_ranks(ranks, cutoffs, ndcg=True)
-    if stats is not None:
-        metrics.update(stats.metrics())
-    return EvalResult(
-        metrics=order_metrics(metrics, cutoffs),
-        n_events=len(ranks),
-        n_sessions=len(order),
-        n_unknown=n_unknown,
-        ranks=ranks,
-        positions=np.concatenate(all_pos) if all_pos else np.zeros(0, dtype=np.int64),
-        session_lengths=np.concatenate(all_len) if all_len else np.zeros(0, dtype=np.int64),
-        protocol=protocol,
-        ties=ties,
-        exclude_seen=exclude_seen,
-        cutoffs=tuple(cutoffs),
-        n_items=n_items,
-    )
+
+    def _rank(self, state, rows: slice, starts: Tensor, lens: Tensor, t: int) -> Tensor:
+        """Ranks of the relevant item of rows `rows` after their (t+1)-th click."""
+        if self.protocol == "remaining":
+            offs = torch.arange(int(lens[0]) - t - 1, device=self.device)
+            valid = offs < (lens - t - 1).unsqueeze(1)
+            columns = self.items[starts.unsqueeze(1) + t + 1 + torch.where(valid, offs, 0)]
+        else:
+            columns = self.items[starts + t + 1].unsqueeze(1)
+            valid = torch.ones_like(columns, dtype=torch.bool)
+        seen = self.items[starts.unsqueeze(1) + torch.arange(t + 1, device=self.device)] if self.exclude_seen else None
+        lists = TopLists(self.stats.kmax) if self.stats is not None else None
+        block = block_items(len(starts), self.n_items, self.item_block)
+        scores = StepScores(self.scorer, state, rows, self.device)
+        ranks = rank_step(scores, columns, valid, seen, self.ties, self.n_items, block, lists)
+        if lists is not None:
+            self.stats.add(lists.values, lists.index)
+        return ranks
+
+    def result(self, cutoffs: list[int], n_sessions: int, n_unknown: int) -> EvalResult:
+        ranks = torch.cat(self.ranks).numpy().astype(np.float64) if self.ranks else np.zeros(0)
+        metrics = metrics_from_ranks(ranks, cutoffs, ndcg=True)
+        if self.stats is not None:
+            metrics.update(self.stats.metrics())
+        return EvalResult(
+            metrics=order_metrics(metrics, cutoffs), n_events=len(ranks), n_sessions=n_sessions, n_unknown=n_unknown,
+            ranks=ranks,
+            positions=np.concatenate(self.positions) if self.positions else np.zeros(0, dtype=np.int64),
+            session_lengths=np.concatenate(self.session_lengths) if self.session_lengths else np.zeros(0, dtype=np.int64),
+            protocol=self.protocol, ties=self.ties, exclude_seen=self.exclude_seen, cutoffs=tuple(cutoffs),
+            n_items=self.n_items,
+        )
 
 
 def evaluate_file(
@@ -388,7 +433,7 @@ def evaluate_file(
     item_map: ItemMap,
     *,
     item_counts: np.ndarray | None = None,
-    events: pd.DataFrame | None = None,
+    events: Events | None = None,
     **options: Any,
 ) -> EvalResult:
     """Load a test file against the scorer's items (unknown items dropped and counted) and evaluate it.

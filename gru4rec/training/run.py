@@ -97,13 +97,12 @@ def _read_data(train_path, params: HyperParams, opts: TrainOptions) -> _Data:
             raise UserError("--resume and --init-from exclude each other: resume continues the run in MODEL_DIR")
         base = load_checkpoint(opts.init_from, "cpu")
         check_compatible(base.config, params.model, str(opts.init_from))
-    sessions, item_map, counts, frame = load_training_data(
+    sessions, item_map, counts, events = load_training_data(
         train_path, base.item_map if base else None, opts.keep_vanished_items
     )
     if sessions.n_sessions < params.training.batch_size:
         log.warning("only %d sessions, fewer than batch_size=%d: the batch is smaller", sessions.n_sessions, params.training.batch_size)
-    time_span = [float(frame["Time"].min()), float(frame["Time"].max())]
-    return _Data(sessions, item_map, counts, time_span, base)
+    return _Data(sessions, item_map, counts, events.time_span(), base)
 
 
 @dataclass
@@ -259,7 +258,7 @@ class _Run:
         recorded = {**model_config(metadata, out_dir).to_dict(), **training_settings(metadata)}
         if recorded != self.params.to_dict():
             raise UserError(f"{out_dir}: was trained with other parameters; resume with the same --params/--set")
-        if list(metadata["item_ids"]) != [str(i) for i in self.data.item_map.ids]:
+        if not ItemMap.from_ids(metadata["item_ids"]).equals(self.data.item_map):
             raise UserError(f"{out_dir}: was trained on another training file; resume with the same TRAIN")
         trainer.model.load_state_dict(state["weights"])
         optimizer_state = load_optimizer_state(out_dir, dev)

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gru4rec.training.batching import count_steps, session_parallel_steps
+from gru4rec.data.session_files import SessionColumns
 from gru4rec.data.sessions import Sessions, order_events
 
 
@@ -188,6 +189,7 @@ def test_order_events_sorts_sessions_by_first_event_time():
             "Time": [20.0, 10.0, 5.0, 6.0, 30.0, 31.0],
         }
     )
-    ordered = order_events(df)
-    assert ordered["SessionId"].tolist() == ["b", "b", "a", "a", "c", "c"]
-    assert ordered["ItemId"].tolist() == ["z", "w", "y", "x", "u", "v"]
+    ordered = order_events(SessionColumns.from_frame(df))
+    assert ordered.session_ids.to_pylist() == ["b", "a", "c"] and ordered.offsets.tolist() == [0, 2, 4, 6]
+    assert ordered.item_ids.take(ordered.item).to_pylist() == ["z", "w", "y", "x", "u", "v"]
+    assert ordered.time.tolist() == [5.0, 6.0, 10.0, 20.0, 30.0, 31.0]

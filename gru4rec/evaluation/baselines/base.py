@@ -56,8 +56,8 @@ class TrainSet:
 
 def load_train_set(path: str | os.PathLike[str]) -> TrainSet:
     """Read a training file exactly as `gru4rec train` does (same item order and counts)."""
-    sessions, item_map, counts, frame = load_training_data(path)
-    return TrainSet(sessions, item_map, counts, frame["Time"].to_numpy(dtype=np.float64))
+    sessions, item_map, counts, events = load_training_data(path)
+    return TrainSet(sessions, item_map, counts, events.time)
 
 
 @dataclass

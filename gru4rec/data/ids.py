@@ -1,0 +1,164 @@
+"""Id columns as integer codes, the ids kept as text: how a session file's ids are encoded as it is read.
+
+Ids are text ("0115" and "115" are two items). Encoding tens of millions of them is the costly part
+of reading a log, so each column takes the cheapest exact route:
+
+- ids of at most 18 ASCII digits (nearly every real log), and ids stored as non-negative integers,
+  go through an integer key: a 1 followed by the digits (0115 -> 10115), one to one with the text,
+  hashed and sorted as a machine integer (about twice as fast as hashing the text); the text is
+  rebuilt from the key for the dictionary (one entry per distinct id) only;
+- item ids: each batch is dictionary-encoded on its own by pyarrow's hash kernel (its table holds
+  the batch's distinct items, small enough to stay in cache), and the batches' dictionaries are
+  unified once at the end;
+- session ids come in runs (a session's events are together in nearly every file): only the first
+  id of each run is kept, and digit keys are checked for repeats by sorting them; with no repeat
+  every run is a session and nothing is hashed at all (hashing millions of distinct ids is
+  memory-bound and several times slower than sorting them). Otherwise the run ids are
+  dictionary-encoded.
+
+Codes are int32 and numbered in order of first appearance, as pandas.factorize numbers them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+MAX_KEY_DIGITS = 18  # 10**18 + an 18-digit number still fits an int64
+_POWERS_OF_TEN = 10 ** np.arange(MAX_KEY_DIGITS + 1, dtype=np.int64)
+
+
+def digit_keys(ids: pa.Array) -> np.ndarray | None:
+    """int64 keys, "1" followed by the id's digits, when every id is at most 18 ASCII digits (or a
+    non-negative integer below 10**18); else None."""
+    if len(ids) == 0:
+        return None
+    if pa.types.is_integer(ids.type):
+        values = ids.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        if values.min() < 0 or values.max() >= _POWERS_OF_TEN[-1]:
+            return None
+        digits = np.maximum(np.searchsorted(_POWERS_OF_TEN, values, side="right"), 1)
+        return _POWERS_OF_TEN[digits] + values
+    if not pc.all(pc.ascii_is_decimal(ids)).as_py():
+        return None
+    lengths = pc.binary_length(ids)
+    if pc.max(lengths).as_py() > MAX_KEY_DIGITS:
+        return None
+    return _POWERS_OF_TEN[lengths.to_numpy()] + pc.cast(ids, pa.int64()).to_numpy()
+
+
+def as_text(ids: pa.Array) -> pa.Array:
+    """Ids as text (integers in decimal)."""
+    return ids if pa.types.is_string(ids.type) else pc.cast(ids, pa.string())
+
+
+def key_text(keys: pa.Array) -> pa.Array:
+    """The ids back from their digit keys (10115 -> "0115")."""
+    return pc.utf8_slice_codeunits(pc.cast(keys, pa.string()), 1)
+
+
+def unify(chunks: list[pa.DictionaryArray]) -> tuple[np.ndarray, pa.Array]:
+    """One dictionary for all chunks (the list is consumed chunk by chunk): int32 codes in order of first
+    appearance. A chunk's dictionary lists its values in order of first appearance, so encoding the
+    chunks' dictionaries back to back numbers the values in order of first appearance overall."""
+    encoded = pc.dictionary_encode(pa.chunked_array([c.dictionary for c in chunks]).combine_chunks())
+    mapping = encoded.indices.to_numpy(zero_copy_only=False)
+    codes = np.empty(sum(len(c) for c in chunks), dtype=np.int32)
+    at = base = 0
+    for i, chunk in enumerate(chunks):
+        local = chunk.indices.to_numpy(zero_copy_only=False)
+        np.take(mapping, local + base if base else local, out=codes[at : at + len(local)])
+        at += len(local)
+        base += len(chunk.dictionary)
+        chunks[i] = None  # type: ignore[call-overload]  # freed as soon as it is copied
+    chunks.clear()
+    return codes, encoded.dictionary
+
+
+def concatenate(parts: list[np.ndarray]) -> np.ndarray:
+    """np.concatenate that frees each part once copied (the list is consumed): peak is the result plus one part."""
+    if len(parts) == 1:
+        return parts.pop()
+    out = np.empty(sum(len(p) for p in parts), dtype=parts[0].dtype)
+    at = 0
+    for i, part in enumerate(parts):
+        out[at : at + len(part)] = part
+        at += len(part)
+        parts[i] = None  # type: ignore[call-overload]
+    parts.clear()
+    return out
+
+
+class ItemCodes:
+    """Encodes an item id column batch by batch: each batch hashed on its own, one dictionary at the end."""
+
+    def __init__(self) -> None:
+        self.chunks: list[pa.DictionaryArray] = []
+
+    def add(self, ids: pa.Array) -> None:
+        """A batch of ids (text none of them empty, or integers)."""
+        keys = digit_keys(ids)
+        self.chunks.append(pc.dictionary_encode(as_text(ids) if keys is None else pa.array(keys)))
+
+    def finish(self) -> tuple[np.ndarray, pa.Array]:
+        """Codes of all events (int32) and the ids (text), both in order of first appearance."""
+        if len({c.type.value_type for c in self.chunks}) > 1:  # some batches had other ids than digits
+            self.chunks = [_text_dictionary(c) for c in self.chunks]
+        codes, dictionary = unify(self.chunks)
+        return codes, key_text(dictionary) if pa.types.is_integer(dictionary.type) else dictionary
+
+
+class SessionRuns:
+    """Encodes a session id column batch by batch as runs of equal ids; sessions are found at the end."""
+
+    def __init__(self) -> None:
+        self.run_of_event: list[np.ndarray] = []
+        self.run_ids: list[pa.Array] = []  # the id of each run, as given
+        self.run_keys: list[np.ndarray] | None = []  # their digit keys, while every batch has them
+        self.n_runs = 0
+        self.last: str | int | None = None  # the id of the run the previous batch ended in
+
+    def add(self, ids: pa.Array) -> None:
+        """A batch of ids (text none of them empty, or integers)."""
+        n = len(ids)
+        change = np.empty(n, dtype=bool)
+        change[0] = ids[0].as_py() != self.last
+        change[1:] = pc.not_equal(ids.slice(1), ids.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+        runs = np.cumsum(change, dtype=np.int64)
+        runs += self.n_runs - 1
+        run_ids = ids.filter(pa.array(change))
+        self.run_ids.append(run_ids)
+        if self.run_keys is not None:
+            keys = digit_keys(run_ids) if len(run_ids) else np.zeros(0, np.int64)
+            self.run_keys = None if keys is None else [*self.run_keys, keys]
+        self.run_of_event.append(runs.astype(np.int32))
+        self.n_runs = int(runs[-1]) + 1
+        self.last = ids[n - 1].as_py()
+
+    def finish(self) -> tuple[np.ndarray, pa.Array]:
+        """Session codes of all events (int32) and the session ids (text), in order of first appearance."""
+        runs = concatenate(self.run_of_event)
+        if self.run_keys is not None:
+            keys = concatenate(self.run_keys)
+            self.run_ids = self.run_keys = []
+            ordered = np.sort(keys)
+            if not (ordered[1:] == ordered[:-1]).any():  # every run is a session: run numbers are the codes
+                return runs, key_text(pa.array(keys))
+            del ordered
+            encoded = pc.dictionary_encode(pa.array(keys))
+            session_ids = key_text(encoded.dictionary)
+        else:
+            encoded = pc.dictionary_encode(pa.chunked_array([as_text(r) for r in self.run_ids], pa.string()))
+            self.run_ids = []
+            encoded = encoded.combine_chunks() if isinstance(encoded, pa.ChunkedArray) else encoded
+            session_ids = encoded.dictionary
+        run_codes = encoded.indices.to_numpy(zero_copy_only=False)
+        return run_codes[runs], session_ids
+
+
+def _text_dictionary(chunk: pa.DictionaryArray) -> pa.DictionaryArray:
+    if pa.types.is_integer(chunk.dictionary.type):
+        return pa.DictionaryArray.from_arrays(chunk.indices, key_text(chunk.dictionary))
+    return chunk
+
