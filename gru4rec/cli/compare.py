@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     entries = []
     for name, path in models:
         scored = load_model(path, device, label=name)
-        if train is not None and not scored.item_map.equals(train.item_map):
+        if train is not None and list(scored.item_map.ids) != list(train.item_map.ids):
             log.warning("%s was trained on another item set than %s: its catalogue differs from the baselines'", name, args.train)
         entries.append(scored)
     results, report = {}, {"test": str(args.test), "train": args.train, "entries": {}}

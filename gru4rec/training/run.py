@@ -33,6 +33,7 @@ from gru4rec.model.checkpoint import (
 )
 from gru4rec.model.network import GRU4Rec
 from gru4rec.training import distributed as ddp
+from gru4rec.training.memory import MemoryEstimate, check_training_memory, estimate_training_memory
 from gru4rec.training.params import HyperParams
 from gru4rec.training.trainer import EpochStats, Trainer
 from gru4rec.training.warm_start import check_compatible, warm_start_model, warm_start_optimizer_state
@@ -103,6 +104,13 @@ def _read_data(train_path, params: HyperParams, opts: TrainOptions) -> _Data:
     if sessions.n_sessions < params.training.batch_size:
         log.warning("only %d sessions, fewer than batch_size=%d: the batch is smaller", sessions.n_sessions, params.training.batch_size)
     return _Data(sessions, item_map, counts, events.time_span(), base)
+
+
+def _memory_needed(data: _Data, params: HyperParams, validation: _Validation | None) -> MemoryEstimate:
+    loaded = data.sessions.items.nbytes + data.sessions.offsets.nbytes
+    if validation is not None:
+        loaded += validation.sessions.items.nbytes + validation.sessions.offsets.nbytes
+    return estimate_training_memory(len(data.item_map), params.model, params.training, validation is not None, loaded)
 
 
 @dataclass
@@ -178,6 +186,7 @@ class _Run:
     def start(cls, train_path, out_dir: Path, params: HyperParams, opts: TrainOptions, dev, ctx) -> _Run:
         data = _read_data(train_path, params, opts)
         validation = _Validation.read(opts.valid_path, data.item_map, opts.metric) if opts.valid_path is not None else None
+        check_training_memory(_memory_needed(data, params, validation), dev)
         trainer, warm = _make_trainer(data, params, opts, dev, ctx)
         summary = _summary(train_path, data, params, opts, dev, ctx, validation is not None)
         if warm is not None:
@@ -258,7 +267,7 @@ class _Run:
         recorded = {**model_config(metadata, out_dir).to_dict(), **training_settings(metadata)}
         if recorded != self.params.to_dict():
             raise UserError(f"{out_dir}: was trained with other parameters; resume with the same --params/--set")
-        if not ItemMap.from_ids(metadata["item_ids"]).equals(self.data.item_map):
+        if list(metadata["item_ids"]) != [str(i) for i in self.data.item_map.ids]:
             raise UserError(f"{out_dir}: was trained on another training file; resume with the same TRAIN")
         trainer.model.load_state_dict(state["weights"])
         optimizer_state = load_optimizer_state(out_dir, dev)

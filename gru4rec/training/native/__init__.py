@@ -27,6 +27,7 @@ import tempfile
 from functools import cache
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -48,6 +49,7 @@ _SIGNATURES = {
     "g4r_gru_backward": (None, [_P, _P, _P, _P, _P, _P, _I, _I, _P, _P, _P, _P]),
     "g4r_mm": (None, [_I, _I, _I, _P, _I, _I, _P, _I, _I, _P, _I, _I, _P, ctypes.c_int]),
     "g4r_adagrad_rows": (_I, [_P, _P, _P, _I, _P, _P, _I, _I, _F, _F, _F]),
+    "g4r_alias_table": (None, [_P, _I, _P, _P, _P, _P]),
 }
 
 
@@ -238,3 +240,17 @@ def adagrad_rows(
     n_rows = len(p) if rows is not None else 1
     if lib.g4r_adagrad_rows(_ptr(p), _ptr(acc), _ptr(mom), n_rows, row_ptr, _ptr(grad), n, D, lr, momentum, eps) < 0:
         raise IndexError(f"row index out of range [0, {n_rows})")
+
+
+def alias_table(scaled: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """sampling.alias_table_loop in C (the same table, bit for bit); None when the kernels are not available."""
+    lib = library()
+    if lib is None:
+        return None
+    n = len(scaled)
+    residual = np.array(scaled, dtype=np.float64)  # a fresh contiguous copy: the kernel consumes it
+    prob, alias = np.ones(n), np.arange(n, dtype=np.int64)
+    scratch = np.empty((2, n), dtype=np.int64)
+    lib.g4r_alias_table(residual.ctypes.data, n, prob.ctypes.data, alias.ctypes.data, scratch[0].ctypes.data,
+                        scratch[1].ctypes.data)
+    return prob, alias

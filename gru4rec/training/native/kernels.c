@@ -293,3 +293,28 @@ int64_t g4r_adagrad_rows(float *restrict w, float *restrict acc, float *restrict
     }
     return 0;
 }
+
+/* Vose's alias table exactly as gru4rec.training.sampling.alias_table_loop builds it: smalls and larges
+ * on two stacks filled in ascending index order and popped from the top, the top large absorbing the top
+ * small's deficit. scaled (n weights with mean 1) is consumed as the residuals; prob and alias must hold
+ * 1.0 and their own index on entry; small and large are scratch of n entries each. */
+void g4r_alias_table(double *restrict scaled, int64_t n, double *restrict prob, int64_t *restrict alias,
+                     int64_t *restrict small, int64_t *restrict large) {
+    int64_t ns = 0, nl = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        if (scaled[i] < 1.0)
+            small[ns++] = i;
+        else
+            large[nl++] = i;
+    }
+    while (ns > 0 && nl > 0) {
+        int64_t s = small[--ns], g = large[--nl];
+        prob[s] = scaled[s];
+        alias[s] = g;
+        scaled[g] -= 1.0 - scaled[s];
+        if (scaled[g] < 1.0)
+            small[ns++] = g;
+        else
+            large[nl++] = g;
+    }
+}
