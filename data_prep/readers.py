@@ -1,16 +1,18 @@
 """Readers for raw click logs: YooChoose, Diginetica, OTTO, and generic CSV/TSV/Parquet.
 
-Every reader returns a `RawLog`: plain numpy arrays (one entry per event) that the pipeline in
-`data_prep.prepare` works on without ever looping over sessions in Python.
+Every reader streams its input a block at a time (pyarrow parses each block on every core) and
+returns a `RawLog`: plain numpy arrays, one entry per event, that the pipeline in `data_prep.prepare`
+works on without ever looping over sessions in Python. Memory is what the log keeps per event plus
+one block, so an OTTO-size file (11 GB of JSON lines, 216 million events) reads within a few GB.
 
-- Ids that are integers in the file stay int64 (`Ids.labels is None`, the codes *are* the ids).
-- Ids that are strings are factorised early into int64 codes ordered like the sorted strings, with
-  the strings kept in `Ids.labels`; they are mapped back only when the output is written.
+- Ids are text, kept exactly as written (data_prep.columns): a column of canonical integers stays
+  int64 (`Ids.labels is None`, the codes *are* the ids, ordered numerically); any other id (0115,
+  18446744073709551616, sku-7) makes the column text, coded in the order of the sorted texts, with
+  the texts in `Ids.labels`; they are mapped back only when the output is written.
 - Time is float64 Unix seconds (UTC). Naive ISO date-times are read as UTC.
 
 Files may be plain, gzip-compressed (.gz) or a .zip archive holding exactly one file; compression is
-recognised by its magic bytes, so a misnamed file still reads. pyarrow does the parsing
-(multi-threaded, timestamps parsed natively), which is what makes a 33-million-event log fast.
+recognised by its magic bytes, so a misnamed file still reads.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from data_prep.columns import Ids, IdColumn, TimeColumn, first_true, ticks_to_seconds
 from gru4rec.foundation.errors import UserError
 from gru4rec.foundation.memory import release_arrow_memory
 
@@ -40,29 +43,13 @@ log = logging.getLogger(__name__)
 FORMATS = ("auto", "yoochoose", "csv", "tsv", "parquet", "diginetica", "otto")
 TIME_UNITS = ("auto", "s", "ms", "iso")
 DIGINETICA_COLUMNS = ("session_id", "user_id", "item_id", "timeframe", "eventdate")
-# Numbers above this are taken as milliseconds by --time-unit auto (1e11 s is the year 5138,
-# 1e11 ms is March 1973).
-MS_THRESHOLD = 1e11
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZIP_MAGIC = b"PK\x03\x04"
 _YOOCHOOSE_LINE = re.compile(rb"^\s*[^,\s]+,\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z?,[^,]+,[^,]*\s*$")
 _BLOCK_SIZE = 1 << 24  # 16 MiB: few, large blocks keep both cores busy with little overhead
-
-
-@dataclass
-class Ids:
-    """One id column: int64 `codes` per event; `labels[code]` is the original id when they were strings."""
-
-    codes: np.ndarray
-    labels: pa.Array | None = None
-
-    @property
-    def is_int(self) -> bool:
-        return self.labels is None
-
-    def take(self, mask_or_index: np.ndarray) -> Ids:
-        return Ids(self.codes[mask_or_index], self.labels)
+_PARQUET_BATCH_ROWS = 1 << 21
+_OTTO_HEAD = 1 << 20  # bytes whose lines tell the types of an OTTO file's fields
 
 
 @dataclass
@@ -185,147 +172,248 @@ def detect_format(path: Path) -> str:
     )
 
 
-# --------------------------------------------------------------------------------------- helpers
+# --------------------------------------------------------------------------------------- streaming
 
 
-def _to_numpy(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    if isinstance(col, pa.ChunkedArray):
-        if col.num_chunks == 1:
-            col = col.chunk(0)
-        elif col.num_chunks == 0:
-            return np.empty(0, dtype=col.type.to_pandas_dtype())
-        else:
-            col = col.combine_chunks()
-    return col.to_numpy(zero_copy_only=False)
+def _csv_batches(path: Path, read: pacsv.ReadOptions, parse: pacsv.ParseOptions,
+                 convert: pacsv.ConvertOptions) -> Iterator[pa.RecordBatch]:
+    """The blocks of a delimited file; parse errors become one-line UserErrors naming the line."""
+    try:
+        with open_binary(path) as fh:
+            yield from pacsv.open_csv(fh, read_options=read, parse_options=parse, convert_options=convert)
+    except pa.ArrowInvalid as exc:
+        text = str(exc)
+        if "Empty CSV file" in text:
+            raise UserError(f"{path}: empty file") from None
+        if "Expected" in text and "columns" in text:
+            where = _locate_bad_row(path, read, parse)
+            if where:
+                raise UserError(f"{path}: {where}") from None
+        raise _arrow_error(path, exc) from None
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise UserError(f"{path}: cannot read ({exc})") from None
 
 
-def _first_true(mask: np.ndarray) -> int:
-    return int(np.flatnonzero(mask)[0])
+def _text_types(names) -> dict[str, pa.DataType]:
+    return {name: pa.string() for name in names}
 
 
-def _ids(col: pa.ChunkedArray, name: str, where) -> Ids:
-    """int64 ids stay ids; anything else is factorised to codes ordered like the sorted strings."""
-    if col.null_count:
-        row = _first_true(_to_numpy(col.is_null()))
-        raise UserError(f"{where(row)}: empty {name}")
-    t = col.type
-    if pa.types.is_integer(t):
-        return Ids(_to_numpy(col.cast(pa.int64())).astype(np.int64, copy=False))
-    if pa.types.is_floating(t):
-        values = _to_numpy(col)
-        if np.all(np.isfinite(values)) and np.all(values == np.round(values)) and np.all(np.abs(values) < 2**53):
-            return Ids(values.astype(np.int64))
-    if pa.types.is_dictionary(t):
-        col = col.cast(t.value_type)
-    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
-        col = col.cast(pa.string())
-    empty = pc.equal(pc.utf8_length(col), 0)
-    if pc.any(empty).as_py():
-        raise UserError(f"{where(_first_true(_to_numpy(empty)))}: empty {name}")
-    encoded = col.dictionary_encode()
-    if encoded.num_chunks == 0:
-        return Ids(np.empty(0, np.int64), pa.array([], pa.string()))
-    dictionary = encoded.chunk(0).dictionary
-    order = np.asarray(pc.sort_indices(dictionary), dtype=np.int64)
-    rank = np.empty_like(order)
-    rank[order] = np.arange(order.shape[0], dtype=np.int64)
-    indices = np.concatenate(
-        [np.asarray(c.indices.to_numpy(zero_copy_only=False), dtype=np.int64) for c in encoded.chunks]
-    )
-    return Ids(rank[indices], dictionary.take(pa.array(order)))
+def _no_events(path: Path, rows: int, what: str = "no events (only a header)") -> None:
+    if rows == 0:
+        raise UserError(f"{path}: {what}")
 
 
-def ticks_to_seconds(ticks: np.ndarray, unit: str) -> np.ndarray:
-    """int64 ticks since the epoch -> float64 seconds, correctly rounded (so 1396867869277 ms -> 1396867869.277)."""
-    per_second = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[unit]
-    ticks = np.asarray(ticks, dtype=np.int64)
-    if per_second == 1:
-        return ticks.astype(np.float64)
-    if np.all(np.abs(ticks) < 2**53):
-        return ticks / np.float64(per_second)  # both exact in float64: one correctly rounded division
-    whole, frac = np.divmod(ticks, per_second)
-    return whole.astype(np.float64) + frac / np.float64(per_second)
+# --------------------------------------------------------------------------------------- YooChoose
 
 
-def _timestamp_seconds(col: pa.ChunkedArray) -> np.ndarray:
-    t = col.type
-    if pa.types.is_date(t):
-        col = col.cast(pa.timestamp("s"))
-        t = col.type
-    ticks = _to_numpy(col.cast(pa.int64()))
-    return ticks_to_seconds(ticks, t.unit)
+def read_yoochoose(path: Path) -> RawLog:
+    """Raw `yoochoose-clicks.dat`: no header; session id, ISO time ending in Z, item id, category.
+
+    Times are parsed natively by pyarrow; a file with other spellings of the time (no Z, offsets) is
+    read again with the times as text, which also names the first line whose time is not one.
+    """
+    head = read_head(path, 4096)
+    if not _first_line(head).strip():
+        raise UserError(f"{path}: empty file")
+    try:
+        return _read_yoochoose(path, native_times=True)
+    except _NotNative:
+        return _read_yoochoose(path, native_times=False)
 
 
-def _parse_iso(values: np.ndarray, name: str, where) -> np.ndarray:
-    """ISO-8601 strings -> float seconds; naive times are UTC; the first bad value is reported."""
-    import pandas as pd
+class _NotNative(Exception):
+    """A YooChoose time pyarrow does not parse natively."""
 
-    parsed = pd.to_datetime(pd.Series(values, dtype=object), utc=True, format="ISO8601", errors="coerce")
-    bad = parsed.isna().to_numpy()
-    if bad.any():
-        row = _first_true(bad)
+
+def _read_yoochoose(path: Path, native_times: bool) -> RawLog:
+    names = ["session", "time", "item", "category"]
+    types = _text_types(["session", "item"]) | {"time": pa.timestamp("us", tz="UTC") if native_times else pa.string()}
+    read = pacsv.ReadOptions(column_names=names, block_size=_BLOCK_SIZE, use_threads=True)
+    parse = pacsv.ParseOptions(delimiter=",", quote_char=False)
+    convert = pacsv.ConvertOptions(column_types=types, include_columns=names[:3], strings_can_be_null=False)
+
+    def where(i: int) -> str:
+        return f"{path}: line {i + 1}"
+
+    session, item = IdColumn("session id", where), IdColumn("item id", where)
+    time = TimeColumn("time", "iso", where, str(path))
+    batches = _csv_batches(path, read, parse, convert)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            break
+        except UserError as exc:
+            if native_times and "conversion error" in str(exc) and "timestamp" in str(exc):
+                raise _NotNative from None
+            if "Expected" in str(exc) or "expected" in str(exc):
+                raise UserError(f"{exc}; a YooChoose clicks file has 4 comma-separated fields per line: session "
+                                f"id, time, item id, category") from None
+            raise
+        for column, ids, label in ((0, session, "session id"), (2, item, "item id")):
+            _check_integers(batch.column(column), label, where, ids.rows)
+            ids.add(batch.column(column))
+        time.add(batch.column(1))
+    _no_events(path, time.rows, "empty file")
+    return RawLog(str(path), "yoochoose", item=item.finish(), time=time.finish(), session=session.finish(),
+                  implicit_type="clicks")
+
+
+def _check_integers(values: pa.Array, label: str, where, row0: int) -> None:
+    """YooChoose ids are whole numbers (kept as the text they are written as)."""
+    if pc.all(pc.ascii_is_decimal(values)).as_py():
+        return
+    ok = pc.match_substring_regex(values, r"^-?[0-9]+$")
+    if not pc.all(ok).as_py():
+        row = first_true(pc.invert(ok))
+        raise UserError(f"{where(row0 + row)}: {label} {values[row].as_py()!r} is not an integer")
+
+
+# --------------------------------------------------------------------------------------- Diginetica
+
+
+def read_diginetica(path: Path) -> RawLog:
+    """Diginetica `train-item-views.csv`: time = eventdate (UTC midnight) + timeframe milliseconds."""
+    line = _first_line(read_head(path))
+    if not line.strip():
+        raise UserError(f"{path}: empty file")
+    found = [c.strip() for c in line.decode("utf-8", "replace").split(";")]
+    missing = [c for c in DIGINETICA_COLUMNS if c not in found]
+    if missing:
         raise UserError(
-            f"{where(row)}: {name} {values[row]!r} is not a time (expected Unix seconds, milliseconds or an "
-            f"ISO-8601 date-time like 2014-04-07T10:51:09.277Z)"
+            f"{path}: not a Diginetica train-item-views file: missing column(s) {', '.join(missing)} "
+            f"(found: {', '.join(found)}; expected the ';'-separated header {';'.join(DIGINETICA_COLUMNS)})"
         )
-    ns = parsed.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy().astype("datetime64[ns]").astype(np.int64)
-    return ticks_to_seconds(ns, "ns")
+    wanted = ["session_id", "item_id", "timeframe", "eventdate"]
+    convert = pacsv.ConvertOptions(column_types=_text_types(wanted), include_columns=wanted, strings_can_be_null=True)
+
+    def where(i: int) -> str:
+        return f"{path}: row {i + 1} (line {i + 2})"
+
+    session, item = IdColumn("session_id", where), IdColumn("item_id", where)
+    time = TimeColumn("time", "ms", where, str(path))
+    for batch in _csv_batches(path, pacsv.ReadOptions(block_size=_BLOCK_SIZE), pacsv.ParseOptions(delimiter=";"), convert):
+        session.add(batch.column(0))
+        item.add(batch.column(1))
+        time.add_seconds(_diginetica_seconds(batch.column(2), batch.column(3), where, time.rows))
+    _no_events(path, time.rows)
+    return RawLog(str(path), "diginetica", item=item.finish(), time=time.finish(), session=session.finish(),
+                  implicit_type="views")
 
 
-def _numeric_seconds(values: np.ndarray, unit: str, name: str, source: str) -> np.ndarray:
-    values = np.asarray(values)
-    if unit == "auto":
-        finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
-        biggest = float(np.max(np.abs(finite))) if finite.size else 0.0
-        unit = "ms" if biggest > MS_THRESHOLD else "s"
-        log.info("%s: column %s read as Unix %s (largest value %.0f)", source, name,
-                 "milliseconds" if unit == "ms" else "seconds", biggest)
-    if values.dtype.kind in "iu":
-        return ticks_to_seconds(values.astype(np.int64), unit)
-    values = values.astype(np.float64)
-    return values / 1000.0 if unit == "ms" else values
+def _diginetica_seconds(frames: pa.Array, dates: pa.Array, where, row0: int) -> np.ndarray:
+    if frames.null_count:
+        raise UserError(f"{where(row0 + first_true(frames.is_null()))}: empty timeframe")
+    try:
+        timeframe = pc.cast(frames, pa.int64()).to_numpy(zero_copy_only=False)
+    except pa.ArrowInvalid:
+        ok = pc.ascii_is_decimal(frames)
+        row = first_true(pc.invert(ok))
+        raise UserError(f"{where(row0 + row)}: timeframe {frames[row].as_py()!r} is not a whole number of "
+                        f"milliseconds") from None
+    if dates.null_count:
+        raise UserError(f"{where(row0 + first_true(dates.is_null()))}: empty eventdate")
+    days = pc.strptime(dates, format="%Y-%m-%d", unit="s", error_is_null=True)
+    if days.null_count:
+        row = first_true(days.is_null())
+        raise UserError(f"{where(row0 + row)}: eventdate {dates[row].as_py()!r} is not a date like 2016-05-09")
+    day_ms = days.cast(pa.int64()).to_numpy(zero_copy_only=False) * 1000
+    return ticks_to_seconds(day_ms + timeframe, "ms")
 
 
-def parse_time_column(col: pa.ChunkedArray, name: str, unit: str, where, source: str) -> np.ndarray:
-    """A time column of any type -> float64 Unix seconds, following --time-unit (auto|s|ms|iso)."""
-    if col.null_count:
-        row = _first_true(_to_numpy(col.is_null()))
-        raise UserError(f"{where(row)}: empty {name}")
-    t = col.type
-    if pa.types.is_timestamp(t) or pa.types.is_date(t):
-        if unit in ("s", "ms"):
-            log.info("%s: column %s holds date-times; --time-unit %s does not apply", source, name, unit)
-        return _timestamp_seconds(col)
-    if pa.types.is_integer(t) or pa.types.is_floating(t):
-        if unit == "iso":
-            raise UserError(
-                f"{source}: column {name} holds numbers, not ISO-8601 date-times; use --time-unit s, ms or auto"
-            )
-        values = _to_numpy(col)
-        if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
-            row = _first_true(~np.isfinite(values))
-            raise UserError(f"{where(row)}: {name} {values[row]!r} is not a finite number")
-        return _numeric_seconds(values, unit, name, source)
-    import pandas as pd
+# --------------------------------------------------------------------------------------- OTTO
 
-    strings = _to_numpy(col.cast(pa.string()))
-    numbers = pd.to_numeric(pd.Series(strings, dtype=object), errors="coerce").to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(numbers)
-    if unit == "iso":
-        if not bad.any():
-            raise UserError(
-                f"{source}: column {name} holds numbers, not ISO-8601 date-times; use --time-unit s, ms or auto"
-            )
-        return _parse_iso(strings, name, where)
-    if not bad.any():
-        return _numeric_seconds(numbers, unit, name, source)
-    if unit in ("s", "ms") or not bad[0]:  # numbers (at least the first value is one) with a stray text
-        row = _first_true(bad)
-        raise UserError(
-            f"{where(row)}: {name} {strings[row]!r} is not a number"
-            + (f" (--time-unit {unit})" if unit != "auto" else " (the column holds Unix times)")
-        )
-    return _parse_iso(strings, name, where)
+
+def read_otto(path: Path) -> RawLog:
+    """OTTO JSON lines: {"session": int, "events": [{"aid": int, "ts": ms, "type": str}, ...]} per line."""
+    import pyarrow.json as pajson
+
+    schema = _otto_schema(path)
+    lines = _OttoLines(path)
+    session, item = IdColumn("session", lines.where), IdColumn("aid", lines.where)
+    event_type = IdColumn("type", lines.where, numbers_in_text=False)
+    time = TimeColumn("ts", "ms", lines.where, str(path))
+    options = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+    try:
+        with open_binary(path) as fh:
+            for batch in pajson.open_json(fh, read_options=pajson.ReadOptions(block_size=_BLOCK_SIZE),
+                                          parse_options=options):
+                events = lines.add(batch, time.rows)
+                session.add(batch.column("session").take(pa.array(lines.parents)))
+                item.add(events.field("aid"))
+                time.add(events.field("ts"))
+                event_type.add(events.field("type"))
+    except pa.ArrowInvalid as exc:
+        raise _otto_error(path, exc) from None
+    except (OSError, EOFError) as exc:
+        raise UserError(f"{path}: cannot read ({exc})") from None
+    if lines.count == 0:
+        raise UserError(f"{path}: empty file")
+    _no_events(path, time.rows, f"no events in {lines.count} session line(s)")
+    return RawLog(str(path), "otto", item=item.finish(), time=time.finish(), session=session.finish(),
+                  event_type=event_type.finish())
+
+
+def _otto_schema(path: Path) -> pa.Schema:
+    """The fields' types, from the first lines: ids that are JSON numbers are read as decimals (exact
+    whatever their size, their text is the number's), ids written as strings stay strings."""
+    import pyarrow.json as pajson
+
+    head = read_head(path, _OTTO_HEAD)
+    if not head.strip():
+        raise UserError(f"{path}: empty file")
+    head = head[: head.rfind(b"\n") + 1] or head
+    try:
+        found = pajson.read_json(io.BytesIO(head)).schema
+    except pa.ArrowInvalid as exc:
+        raise _otto_error(path, exc) from None
+    missing = [c for c in ("session", "events") if c not in found.names]
+    if missing:
+        raise UserError(f"{path}: OTTO lines need the keys session and events; missing {', '.join(missing)} "
+                        f"(found: {', '.join(found.names)})")
+    events = found.field("events").type
+    if not pa.types.is_list(events) or not pa.types.is_struct(events.value_type):
+        raise UserError(f"{path}: 'events' must be a list of objects with aid, ts and type (found {events})")
+    fields = {events.value_type.field(i).name: events.value_type.field(i).type for i in range(events.value_type.num_fields)}
+    missing = [c for c in ("aid", "ts", "type") if c not in fields]
+    if missing:
+        raise UserError(f"{path}: OTTO events need the keys aid, ts and type; missing {', '.join(missing)} "
+                        f"(found: {', '.join(fields)})")
+
+    def exact(kind: pa.DataType) -> pa.DataType:
+        return pa.decimal128(38, 0) if pa.types.is_integer(kind) or pa.types.is_floating(kind) else kind
+
+    event = pa.struct([("aid", exact(fields["aid"])), ("ts", fields["ts"]), ("type", fields["type"])])
+    return pa.schema([("session", exact(found.field("session").type)), ("events", pa.list_(event))])
+
+
+class _OttoLines:
+    """Which line each event of the current batch comes from (for messages and session ids)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.count = 0  # lines read so far
+        self.lines0 = 0  # lines before the current batch
+        self.first_event = 0
+        self.parents = np.zeros(0, dtype=np.int64)
+
+    def add(self, batch: pa.RecordBatch, first_event: int) -> pa.StructArray:
+        events = batch.column("events")
+        if batch.column("session").null_count:
+            line = first_true(batch.column("session").is_null())
+            raise UserError(f"{self.path}: line {self.count + line + 1}: session is missing or null")
+        if events.null_count:
+            raise UserError(f"{self.path}: line {self.count + first_true(events.is_null()) + 1}: events is missing or null")
+        self.lines0, self.first_event = self.count, first_event
+        self.parents = pc.list_parent_indices(events).to_numpy(zero_copy_only=False)
+        self.count += batch.num_rows
+        return pc.list_flatten(events)
+
+    def where(self, i: int) -> str:
+        local = i - self.first_event
+        if 0 <= local < len(self.parents):
+            return f"{self.path}: line {self.lines0 + int(self.parents[local]) + 1}"
+        return f"{self.path}: event {i + 1}"
 
 
 def _arrow_error(path: Path, exc: Exception) -> UserError:
@@ -369,233 +457,6 @@ def _locate_bad_row(path: Path, read_options, parse_options) -> str | None:
     return found[0] if found else None
 
 
-def _read_csv_table(path: Path, read_options, parse_options, convert_options) -> pa.Table:
-    try:
-        with open_binary(path) as fh:
-            return pacsv.read_csv(fh, read_options=read_options, parse_options=parse_options,
-                                  convert_options=convert_options)
-    except pa.ArrowInvalid as exc:
-        text = str(exc)
-        if "Empty CSV file" in text:
-            raise UserError(f"{path}: empty file") from None
-        if "Expected" in text and "columns" in text:
-            where = _locate_bad_row(path, read_options, parse_options)
-            if where:
-                raise UserError(f"{path}: {where}") from None
-        raise _arrow_error(path, exc) from None
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise UserError(f"{path}: cannot read ({exc})") from None
-
-
-# --------------------------------------------------------------------------------------- YooChoose
-
-
-def read_yoochoose(path: Path) -> RawLog:
-    """Raw `yoochoose-clicks.dat`: no header; session id, ISO time ending in Z, item id, category."""
-    names = ["session", "time", "item", "category"]
-    ro = pacsv.ReadOptions(column_names=names, block_size=_BLOCK_SIZE, use_threads=True)
-    po = pacsv.ParseOptions(delimiter=",", quote_char=False)
-    co = pacsv.ConvertOptions(
-        column_types={"session": pa.int64(), "time": pa.timestamp("us", tz="UTC"), "item": pa.int64()},
-        include_columns=["session", "time", "item"],
-    )
-    head = read_head(path, 4096)
-    if not _first_line(head).strip():
-        raise UserError(f"{path}: empty file")
-    try:
-        with open_binary(path) as fh:
-            table = pacsv.read_csv(fh, read_options=ro, parse_options=po, convert_options=co)
-    except pa.ArrowInvalid as exc:
-        # Something did not convert natively: the slow path names the first bad line and field,
-        # or reads times pyarrow does not take (no Z, other offsets) through pandas.
-        return _read_yoochoose_slow(path, exc)
-    except (OSError, EOFError) as exc:
-        raise UserError(f"{path}: cannot read ({exc})") from None
-    if table.num_rows == 0:
-        raise UserError(f"{path}: empty file")
-
-    def where(i: int) -> str:
-        return f"{path}: line {i + 1}"
-
-    session = _ids(table.column("session"), "session id", where)
-    item = _ids(table.column("item"), "item id", where)
-    time = _timestamp_seconds(table.column("time"))
-    return RawLog(str(path), "yoochoose", item=item, time=time, session=session, implicit_type="clicks")
-
-
-def _read_yoochoose_slow(path: Path, exc: Exception) -> RawLog:
-    names = ["session", "time", "item", "category"]
-    text = str(exc)
-    if "Expected" in text and "columns" in text:
-        ro = pacsv.ReadOptions(column_names=names, block_size=_BLOCK_SIZE)
-        where = _locate_bad_row(path, ro, pacsv.ParseOptions(delimiter=",", quote_char=False))
-        raise UserError(
-            f"{path}: {where or text.splitlines()[0]}; a YooChoose clicks file has 4 comma-separated fields "
-            f"per line: session id, time, item id, category"
-        )
-    ro = pacsv.ReadOptions(column_names=names, block_size=_BLOCK_SIZE)
-    po = pacsv.ParseOptions(delimiter=",", quote_char=False)
-    co = pacsv.ConvertOptions(column_types={c: pa.string() for c in names}, strings_can_be_null=False,
-                              include_columns=names[:3])
-    try:
-        with open_binary(path) as fh:
-            table = pacsv.read_csv(fh, read_options=ro, parse_options=po, convert_options=co)
-    except pa.ArrowInvalid:
-        raise _arrow_error(path, exc) from None
-
-    def where(i: int) -> str:
-        return f"{path}: line {i + 1}"
-
-    ids = {}
-    for col, label in (("session", "session id"), ("item", "item id")):
-        values = _to_numpy(table.column(col))
-        as_int = _maybe_int(table.column(col))
-        if not pa.types.is_integer(as_int.type):
-            ok = np.array([v.lstrip("-").isdigit() for v in values], dtype=bool)
-            row = _first_true(~ok)
-            raise UserError(f"{where(row)}: {label} {values[row]!r} is not an integer")
-        ids[col] = _ids(as_int, label, where)
-    time = _parse_iso(_to_numpy(table.column("time")), "time", where)
-    return RawLog(str(path), "yoochoose", item=ids["item"], time=time, session=ids["session"], implicit_type="clicks")
-
-
-# --------------------------------------------------------------------------------------- Diginetica
-
-
-def read_diginetica(path: Path) -> RawLog:
-    """Diginetica `train-item-views.csv`: time = eventdate (UTC midnight) + timeframe milliseconds."""
-    head = read_head(path)
-    line = _first_line(head)
-    if not line.strip():
-        raise UserError(f"{path}: empty file")
-    found = [c.strip() for c in line.decode("utf-8", "replace").split(";")]
-    missing = [c for c in DIGINETICA_COLUMNS if c not in found]
-    if missing:
-        raise UserError(
-            f"{path}: not a Diginetica train-item-views file: missing column(s) {', '.join(missing)} "
-            f"(found: {', '.join(found)}; expected the ';'-separated header {';'.join(DIGINETICA_COLUMNS)})"
-        )
-    ro = pacsv.ReadOptions(block_size=_BLOCK_SIZE)
-    po = pacsv.ParseOptions(delimiter=";")
-    co = pacsv.ConvertOptions(
-        column_types={"session_id": pa.string(), "item_id": pa.string(), "timeframe": pa.string(),
-                      "eventdate": pa.string()},
-        include_columns=["session_id", "item_id", "timeframe", "eventdate"],
-        strings_can_be_null=True,
-    )
-    table = _read_csv_table(path, ro, po, co)
-    if table.num_rows == 0:
-        raise UserError(f"{path}: no events (only a header)")
-
-    def where(i: int) -> str:
-        return f"{path}: row {i + 1} (line {i + 2})"
-
-    session = _ids(_maybe_int(table.column("session_id")), "session_id", where)
-    item = _ids(_maybe_int(table.column("item_id")), "item_id", where)
-    frame_col = table.column("timeframe")
-    if frame_col.null_count:
-        raise UserError(f"{where(_first_true(_to_numpy(frame_col.is_null())))}: empty timeframe")
-    frames = _to_numpy(frame_col)
-    try:
-        timeframe = _to_numpy(pc.cast(frame_col, pa.int64()))
-    except pa.ArrowInvalid:
-        ok = np.array([s.isdigit() for s in frames])
-        row = _first_true(~ok)
-        raise UserError(f"{where(row)}: timeframe {frames[row]!r} is not a whole number of milliseconds") from None
-    date_col = table.column("eventdate")
-    if date_col.null_count:
-        raise UserError(f"{where(_first_true(_to_numpy(date_col.is_null())))}: empty eventdate")
-    days = pc.strptime(date_col, format="%Y-%m-%d", unit="s", error_is_null=True)
-    if days.null_count:
-        row = _first_true(_to_numpy(days.is_null()))
-        raise UserError(f"{where(row)}: eventdate {_to_numpy(date_col)[row]!r} is not a date like 2016-05-09")
-    day_ms = _to_numpy(days.cast(pa.int64())) * 1000
-    time = ticks_to_seconds(day_ms + timeframe, "ms")
-    return RawLog(str(path), "diginetica", item=item, time=time, session=session, implicit_type="views")
-
-
-def _maybe_int(col: pa.ChunkedArray) -> pa.ChunkedArray:
-    """Cast a string column to int64 when every value is an integer (ids are usually numbers)."""
-    if col.null_count:
-        return col
-    try:
-        return pc.cast(col, pa.int64())
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return col
-
-
-# --------------------------------------------------------------------------------------- OTTO
-
-
-def read_otto(path: Path) -> RawLog:
-    """OTTO JSON lines: {"session": int, "events": [{"aid": int, "ts": ms, "type": str}, ...]} per line."""
-    import pyarrow.json as pajson
-
-    head = read_head(path, 4096)
-    if not head.strip():
-        raise UserError(f"{path}: empty file")
-    try:
-        with open_binary(path) as fh:
-            table = pajson.read_json(fh, read_options=pajson.ReadOptions(block_size=_BLOCK_SIZE))
-    except pa.ArrowInvalid as exc:
-        raise _otto_error(path, exc) from None
-    except (OSError, EOFError) as exc:
-        raise UserError(f"{path}: cannot read ({exc})") from None
-    if table.num_rows == 0:
-        raise UserError(f"{path}: empty file")
-    fields = table.column_names
-    missing = [c for c in ("session", "events") if c not in fields]
-    if missing:
-        raise UserError(
-            f"{path}: OTTO lines need the keys session and events; missing {', '.join(missing)} "
-            f"(found: {', '.join(fields)})"
-        )
-    events = table.column("events")
-    if not pa.types.is_list(events.type) or not pa.types.is_struct(events.type.value_type):
-        raise UserError(f"{path}: 'events' must be a list of objects with aid, ts and type (found {events.type})")
-    names = [events.type.value_type.field(i).name for i in range(events.type.value_type.num_fields)]
-    missing = [c for c in ("aid", "ts", "type") if c not in names]
-    if missing:
-        raise UserError(
-            f"{path}: OTTO events need the keys aid, ts and type; missing {', '.join(missing)} "
-            f"(found: {', '.join(names)})"
-        )
-    if events.null_count:
-        line = _first_true(_to_numpy(events.is_null()))
-        raise UserError(f"{path}: line {line + 1}: events is missing or null")
-    parents = np.concatenate([np.asarray(pc.list_parent_indices(c).to_numpy(), dtype=np.int64)
-                              for c in events.chunks]) if events.num_chunks else np.empty(0, np.int64)
-    offsets = np.cumsum([0] + [len(c) for c in events.chunks[:-1]]) if events.num_chunks else []
-    if events.num_chunks > 1:
-        sizes = [len(pc.list_flatten(c)) for c in events.chunks]
-        parents = parents + np.repeat(np.asarray(offsets, dtype=np.int64), sizes)
-    flat = pa.chunked_array([pc.list_flatten(c) for c in events.chunks], type=events.type.value_type)
-    n_lines = table.num_rows
-
-    def where(i: int) -> str:
-        return f"{path}: line {int(parents[i]) + 1}"
-
-    if len(flat) == 0:
-        raise UserError(f"{path}: no events in {n_lines} session line(s)")
-    aid = pa.chunked_array([c.field("aid") for c in flat.chunks])
-    ts = pa.chunked_array([c.field("ts") for c in flat.chunks])
-    typ = pa.chunked_array([c.field("type") for c in flat.chunks])
-    sess_col = table.column("session")
-    if sess_col.null_count:
-        raise UserError(f"{path}: line {_first_true(_to_numpy(sess_col.is_null())) + 1}: session is missing or null")
-    sessions_per_line = _ids(sess_col, "session", lambda i: f"{path}: line {i + 1}")
-    session = Ids(sessions_per_line.codes[parents], sessions_per_line.labels)
-    item = _ids(aid, "aid", where)
-    if ts.null_count:
-        raise UserError(f"{where(_first_true(_to_numpy(ts.is_null())))}: an event has no ts")
-    if not pa.types.is_integer(ts.type):
-        time = parse_time_column(ts, "ts", "ms", where, str(path))
-    else:
-        time = ticks_to_seconds(_to_numpy(ts.cast(pa.int64())), "ms")
-    event_type = _ids(typ, "type", where)
-    return RawLog(str(path), "otto", item=item, time=time, session=session, event_type=event_type)
-
-
 def _otto_error(path: Path, exc: Exception) -> UserError:
     try:
         with open_binary(path) as fh:
@@ -611,9 +472,6 @@ def _otto_error(path: Path, exc: Exception) -> UserError:
     except (OSError, EOFError):
         pass
     return _arrow_error(path, exc)
-
-
-# --------------------------------------------------------------------------------------- generic
 
 
 @dataclass
@@ -656,45 +514,46 @@ def _check_columns(path: Path, found: list[str], cols: ColumnMap) -> None:
         )
 
 
+# --------------------------------------------------------------------------------------- generic
+
+
 def read_delimited(path: Path, fmt: str, cols: ColumnMap) -> RawLog:
     """CSV (comma) or TSV (tab) with a header; columns chosen by name."""
     delimiter = "\t" if fmt == "tsv" else ","
-    head = read_head(path)
-    line = _first_line(head)
+    line = _first_line(read_head(path))
     if not line.strip():
         raise UserError(f"{path}: empty file")
     found = [c.strip().strip('"') for c in line.decode("utf-8", "replace").split(delimiter)]
     if len(found) == 1 and fmt in ("csv", "tsv"):
-        other = "tsv" if fmt == "csv" else "csv"
-        other_delim = "\t" if other == "tsv" else ","
+        other_delim = "\t" if fmt == "csv" else ","
         if other_delim in line.decode("utf-8", "replace"):
             raise UserError(
                 f"{path}: the header {line[:80].decode('utf-8', 'replace')!r} has no "
-                f"{'tab' if fmt == 'tsv' else 'comma'}; is it --format {other}?"
+                f"{'tab' if fmt == 'tsv' else 'comma'}; is it --format {'tsv' if fmt == 'csv' else 'csv'}?"
             )
     _check_columns(path, found, cols)
-    wanted = cols.wanted()
-    types: dict[str, pa.DataType] = {}
-    if cols.time_unit == "iso":
-        types[cols.time] = pa.string()
-    if cols.type:
-        types[cols.type] = pa.string()
-    ro = pacsv.ReadOptions(block_size=_BLOCK_SIZE, use_threads=True)
-    po = pacsv.ParseOptions(delimiter=delimiter, quote_char='"' if fmt == "csv" else False)
-    co = pacsv.ConvertOptions(include_columns=wanted, column_types=types, strings_can_be_null=False)
-    table = _read_csv_table(path, ro, po, co)
-    if table.num_rows == 0:
-        raise UserError(f"{path}: no events (only a header)")
+    read = pacsv.ReadOptions(block_size=_BLOCK_SIZE, use_threads=True)
+    parse = pacsv.ParseOptions(delimiter=delimiter, quote_char='"' if fmt == "csv" else False)
+    convert = pacsv.ConvertOptions(include_columns=cols.wanted(), column_types=_text_types(cols.wanted()),
+                                   strings_can_be_null=False)
 
     def where(i: int) -> str:
         return f"{path}: row {i + 1} (line {i + 2})"
 
-    return _from_table(path, fmt, table, cols, where)
+    log_columns = _LogColumns(path, cols, where, numbers_in_text=True)
+    for batch in _csv_batches(path, read, parse, convert):
+        log_columns.add(batch)
+    _no_events(path, log_columns.time.rows)
+    return log_columns.finish(fmt)
 
 
 def read_parquet(path: Path, cols: ColumnMap) -> RawLog:
     import pyarrow.parquet as pq
 
+    def where(i: int) -> str:
+        return f"{path}: row {i + 1}"
+
+    log_columns = _LogColumns(path, cols, where, numbers_in_text=False)
     try:
         if _compression(path) == "zip":
             with zipfile.ZipFile(path) as zf:
@@ -702,33 +561,42 @@ def read_parquet(path: Path, cols: ColumnMap) -> RawLog:
         else:
             source = str(path)
         pf = pq.ParquetFile(source)
-        found = pf.schema_arrow.names
-        _check_columns(path, found, cols)
-        table = pf.read(columns=cols.wanted(), use_threads=True)
+        _check_columns(path, pf.schema_arrow.names, cols)
+        for batch in pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=cols.wanted(), use_threads=True):
+            log_columns.add(batch)
     except UserError:
         raise
     except (pa.ArrowInvalid, OSError) as exc:
         raise UserError(f"{path}: cannot read as Parquet ({str(exc).splitlines()[0]})") from None
-    if table.num_rows == 0:
-        raise UserError(f"{path}: no events (the table is empty)")
-
-    def where(i: int) -> str:
-        return f"{path}: row {i + 1}"
-
-    return _from_table(path, "parquet", table, cols, where)
+    _no_events(path, log_columns.time.rows, "no events (the table is empty)")
+    return log_columns.finish("parquet")
 
 
-def _from_table(path: Path, fmt: str, table: pa.Table, cols: ColumnMap, where) -> RawLog:
-    item = _ids(table.column(cols.item), f"{cols.item}", where)
-    time = parse_time_column(table.column(cols.time), cols.time, cols.time_unit, where, str(path))
-    session = user = event_type = None
-    if cols.user:
-        user = _ids(table.column(cols.user), cols.user, where)
-    else:
-        session = _ids(table.column(cols.session), cols.session, where)
-    if cols.type:
-        event_type = _ids(table.column(cols.type).cast(pa.string()), cols.type, where)
-    return RawLog(str(path), fmt, item=item, time=time, session=session, user=user, event_type=event_type)
+class _LogColumns:
+    """The columns a ColumnMap names, filled batch by batch."""
+
+    def __init__(self, path: Path, cols: ColumnMap, where, numbers_in_text: bool) -> None:
+        self.path, self.cols = path, cols
+        self.item = IdColumn(cols.item, where, numbers_in_text)
+        self.time = TimeColumn(cols.time, cols.time_unit, where, str(path))
+        self.owner = IdColumn(cols.user or cols.session, where, numbers_in_text)  # sessions, or users
+        self.event_type = IdColumn(cols.type, where, numbers_in_text=False) if cols.type else None
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        self.item.add(batch.column(self.cols.item))
+        self.time.add(batch.column(self.cols.time))
+        self.owner.add(batch.column(self.cols.user or self.cols.session))
+        if self.event_type is not None:
+            types = batch.column(self.cols.type)
+            self.event_type.add(types if pa.types.is_string(types.type) else pc.cast(types, pa.string()))
+
+    def finish(self, fmt: str) -> RawLog:
+        owner = self.owner.finish()
+        return RawLog(
+            str(self.path), fmt, item=self.item.finish(), time=self.time.finish(),
+            session=None if self.cols.user else owner, user=owner if self.cols.user else None,
+            event_type=self.event_type.finish() if self.event_type is not None else None,
+        )
 
 
 # --------------------------------------------------------------------------------------- entry point
