@@ -297,17 +297,23 @@ class TimeColumn:
             unit = "ms" if self.biggest > MS_THRESHOLD else "s"
             log.info("%s: column %s read as Unix %s (largest value %.0f)", self.source, self.name,
                      "milliseconds" if unit == "ms" else "seconds", self.biggest)
-        if self.kind == "numbers":
-            self.parts = [_to_seconds(p, unit) for p in self.parts]
-        seconds = concatenate(self.parts)
+        row0 = 0
+        for i, part in enumerate(self.parts):
+            seconds = _to_seconds(part, unit) if self.kind == "numbers" else part
+            self._check_range(seconds, part, unit, row0)
+            self.parts[i] = seconds
+            row0 += len(part)
+        return concatenate(self.parts)
+
+    def _check_range(self, seconds: np.ndarray, given: np.ndarray, unit: str, row0: int) -> None:
         outside = (seconds < FIRST_TIME) | (seconds > LAST_TIME)
         if outside.any():
             row = first_true(outside)
+            value = f"{plain(given[row])} ({unit})" if self.kind == "numbers" else f"{plain(seconds[row])} s"
             raise UserError(
-                f"{self.where(row)}: {self.name} {plain(seconds[row])} s is out of range: a time must fall between "
-                f"the years 1 and 9999 (is the unit right? see --time-unit)"
+                f"{self.where(row0 + row)}: {self.name} {value} is out of range: a time must fall between the years "
+                f"1 and 9999 (is the unit right? see --time-unit)"
             )
-        return seconds
 
 
 def _to_seconds(numbers: np.ndarray, unit: str) -> np.ndarray:

@@ -326,9 +326,22 @@ def _diginetica_seconds(frames: pa.Array, dates: pa.Array, where, row0: int) -> 
 
 def read_otto(path: Path) -> RawLog:
     """OTTO JSON lines: {"session": int, "events": [{"aid": int, "ts": ms, "type": str}, ...]} per line."""
+    schema = _otto_schema(path)
+    block = _BLOCK_SIZE
+    while True:
+        try:
+            return _read_otto(path, schema, block)
+        except _LineTooLong:  # a line longer than a block: read again with blocks that hold it
+            block *= 8
+
+
+class _LineTooLong(Exception):
+    """A JSON line does not fit in one block."""
+
+
+def _read_otto(path: Path, schema: pa.Schema, block: int) -> RawLog:
     import pyarrow.json as pajson
 
-    schema = _otto_schema(path)
     lines = _OttoLines(path)
     session, item = IdColumn("session", lines.where), IdColumn("aid", lines.where)
     event_type = IdColumn("type", lines.where, numbers_in_text=False)
@@ -336,14 +349,15 @@ def read_otto(path: Path) -> RawLog:
     options = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
     try:
         with open_binary(path) as fh:
-            for batch in pajson.open_json(fh, read_options=pajson.ReadOptions(block_size=_BLOCK_SIZE),
-                                          parse_options=options):
+            for batch in pajson.open_json(fh, read_options=pajson.ReadOptions(block_size=block), parse_options=options):
                 events = lines.add(batch, time.rows)
                 session.add(batch.column("session").take(pa.array(lines.parents)))
                 item.add(events.field("aid"))
                 time.add(events.field("ts"))
                 event_type.add(events.field("type"))
     except pa.ArrowInvalid as exc:
+        if "straddl" in str(exc) and block < 1 << 31:
+            raise _LineTooLong from None
         raise _otto_error(path, exc) from None
     except (OSError, EOFError) as exc:
         raise UserError(f"{path}: cannot read ({exc})") from None
