@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from data_prep.readers import ColumnMap, RawLog, read_log
+from data_prep.readers import ColumnMap, Ids, RawLog, read_log
 from gru4rec.foundation.atomic import atomic_dir, atomic_file, default_permissions
 from gru4rec.foundation.errors import UserError
 from gru4rec.foundation.logs import progress
@@ -289,94 +289,122 @@ def _restrict_to_items(test: Frame, train: Frame, n_items: int, min_len: int) ->
 
 def run_pipeline(raw: RawLog, opts: PrepareOptions, t0: float | None = None) -> Prepared:
     """Apply options to a raw log; returns the four splits. UserError when a step leaves nothing."""
-    import pandas as pd
-
     opts.validate()
     bar = progress(total=7 + (opts.recent_fraction is not None), desc="prepare", unit="step")
     try:
-        return _run(raw, opts, _Steps(bar=bar, t0=t0), pd)
+        return _run(raw, opts, _Steps(bar=bar, t0=t0))
     finally:
         bar.close()
 
 
-def _run(raw: RawLog, opts: PrepareOptions, steps: _Steps, pd) -> Prepared:
-    n_read = len(raw)
-    if n_read == 0:
+def _run(raw: RawLog, opts: PrepareOptions, steps: _Steps) -> Prepared:
+    if len(raw) == 0:
         raise UserError(f"{raw.path}: empty file (no events)")
-    steps.record("read", None, events=n_read)
+    steps.record("read", None, events=len(raw))
+    events = _select_event_types(raw, opts, steps)
+    frame, session_values, item_values = _sessions(events, opts)
+    n_items = steps.n_items = int(len(item_values))
+    steps.record("sessions", frame)
+    if opts.collapse_repeats:
+        frame = _collapse_repeats(frame)
+    steps.record("collapse repeats" if opts.collapse_repeats else "collapse repeats (off)", frame)
+    frame = _filter(raw, frame, opts, n_items, steps)
+    splits, boundaries = _split_all(raw, frame, opts, n_items, steps)
+    return Prepared(splits, session_values, item_values, n_items, steps.rows, boundaries)
 
-    # 1. event types. The raw log is consumed: its arrays are dropped as soon as they are used.
-    time, item_ids, session_ids, user = raw.time, raw.item, raw.session, raw.user
+
+@dataclass
+class _Events:
+    """The raw log's columns once the event types are chosen (the raw log itself is emptied)."""
+
+    time: np.ndarray
+    item: Ids
+    session: Ids | None
+    user: Ids | None
+
+
+def _select_event_types(raw: RawLog, opts: PrepareOptions, steps: _Steps) -> _Events:
+    """Step 1: keep the chosen event types. The raw log is consumed: its arrays are dropped as soon as used."""
     mask = _filter_event_types(raw, opts.event_types) if opts.event_types is not None else None
+    events = _Events(raw.time, raw.item, raw.session, raw.user)
     raw.time = raw.item = raw.session = raw.user = raw.event_type = None
     if mask is not None:
-        time, item_ids = time[mask], item_ids.take(mask)
-        session_ids = session_ids.take(mask) if session_ids is not None else None
-        user = user.take(mask) if user is not None else None
-    del mask
+        events = _Events(events.time[mask], events.item.take(mask),
+                         events.session.take(mask) if events.session is not None else None,
+                         events.user.take(mask) if events.user is not None else None)
     steps.record("event type filter" if opts.event_types is not None else "event types (all kept)", None,
-                 events=int(time.shape[0]))
+                 events=int(events.time.shape[0]))
+    return events
 
-    # 2./3. sessions, ordered by (session, time); session codes become run numbers 0, 1, ...
-    if session_ids is None:
-        perm, session = _sessionise(user.codes, time, opts.session_gap)
-        del user
+
+def _sessions(events: _Events, opts: PrepareOptions) -> tuple[Frame, np.ndarray | pa.Array, np.ndarray | pa.Array]:
+    """Steps 2-3: sessions (from the session id, or from users by the inactivity gap), events ordered by
+    (session, time); session codes become run numbers 0, 1, ... and items dense codes. Returns the frame
+    and the original session and item id of each code."""
+    if events.session is None:
+        perm, session = _sessionise(events.user.codes, events.time, opts.session_gap)
+        events.user = None
         log.info("sessions built from user ids with an inactivity gap of %g s", opts.session_gap)
     else:
-        perm = _order_by_session_time(session_ids.codes, time)
-        session = session_ids.codes if perm is None else session_ids.codes[perm]
-    if perm is not None:
-        time = time[perm]
-        item_codes = item_ids.codes[perm]
-    else:
-        item_codes = item_ids.codes
+        perm = _order_by_session_time(events.session.codes, events.time)
+        session = events.session.codes if perm is None else events.session.codes[perm]
+    time = events.time if perm is None else events.time[perm]
+    item_codes = events.item.codes if perm is None else events.item.codes[perm]
+    events.time = None
     del perm
+    session, session_values = _run_numbers(session, events.session)
+    events.session = None
+    item, item_values = _dense_items(item_codes, events.item)
+    events.item = None
+    release_arrow_memory()
+    return Frame(session, item, time), session_values, item_values
+
+
+def _run_numbers(session: np.ndarray, ids: Ids | None) -> tuple[np.ndarray, np.ndarray | pa.Array]:
+    """Runs of equal session codes numbered 0, 1, ... (int32 when they fit); and each run's original id
+    (1, 2, ... for sessions built from users)."""
     change = np.empty(session.shape[0], dtype=bool)
     change[:1] = True
     np.not_equal(session[1:], session[:-1], out=change[1:])
     starts = np.flatnonzero(change)
-    if session_ids is None:
-        session_values = np.arange(1, starts.shape[0] + 1, dtype=np.int64)
-    elif session_ids.labels is None:
-        session_values = session[starts]
+    if ids is None:
+        values = np.arange(1, starts.shape[0] + 1, dtype=np.int64)
+    elif ids.labels is None:
+        values = session[starts]
     else:
-        session_values = session_ids.labels.take(pa.array(session[starts]))
-    code_type = np.int32 if starts.shape[0] < 2**31 else np.int64
-    session = np.cumsum(change, dtype=code_type)
-    session -= 1
-    del change, starts, session_ids
+        values = ids.labels.take(pa.array(session[starts]))
+    numbers = np.cumsum(change, dtype=np.int32 if starts.shape[0] < 2**31 else np.int64)
+    numbers -= 1
+    return numbers, values
 
-    # dense item codes (int ids are hashed to 0..n-1; string ids already are dense)
-    if item_ids.is_int:
-        dense, uniques = pd.factorize(item_codes, sort=False)
-        del item_codes
-        item_values = np.asarray(uniques, dtype=np.int64)
-        item = dense.astype(np.int32 if len(item_values) < 2**31 else np.int64)
-        del dense
-    else:
-        item_values = item_ids.labels
-        item = item_codes.astype(np.int32 if len(item_values) < 2**31 else np.int64)
-        del item_codes
-    del item_ids
-    release_arrow_memory()
-    n_items = int(len(item_values))
-    steps.n_items = n_items
-    frame = Frame(session, item, time)
-    del session, item, time
-    steps.record("sessions", frame)
 
-    # collapse repeats
-    if opts.collapse_repeats and len(frame) > 1:
-        keep = np.empty(len(frame), dtype=bool)
-        keep[0] = True
-        keep[1:] = (frame.session[1:] != frame.session[:-1]) | (frame.item[1:] != frame.item[:-1])
-        frame = frame.take(keep)
-    steps.record("collapse repeats" if opts.collapse_repeats else "collapse repeats (off)", frame)
+def _dense_items(codes: np.ndarray, ids: Ids) -> tuple[np.ndarray, np.ndarray | pa.Array]:
+    """Item codes 0..n-1 (int32 when they fit) and each code's original id: integer ids are hashed to
+    codes in order of first appearance; text ids already are dense codes."""
+    import pandas as pd
 
-    # 4. session / item filters
-    frame = _filter(raw, frame, opts, n_items, steps)
+    if ids.is_int:
+        dense, uniques = pd.factorize(codes, sort=False)
+        del codes
+        values = np.asarray(uniques, dtype=np.int64)
+        return dense.astype(np.int32 if len(values) < 2**31 else np.int64), values
+    return codes.astype(np.int32 if len(ids.labels) < 2**31 else np.int64), ids.labels
 
-    # 5.-7. test split
+
+def _collapse_repeats(frame: Frame) -> Frame:
+    """Drop consecutive repeats of the same item within a session."""
+    if len(frame) <= 1:
+        return frame
+    keep = np.empty(len(frame), dtype=bool)
+    keep[0] = True
+    keep[1:] = (frame.session[1:] != frame.session[:-1]) | (frame.item[1:] != frame.item[:-1])
+    return frame.take(keep)
+
+
+def _split_all(
+    raw: RawLog, frame: Frame, opts: PrepareOptions, n_items: int, steps: _Steps
+) -> tuple[dict[str, Frame], dict[str, float]]:
+    """Steps 5-8: train_full / test by time (recent fraction, known items), then train_tr / train_valid."""
     train, test, test_start = _split(frame, opts.test_days, opts.split_rule, opts.min_session_length)
     del frame
     _check_split(raw, "test", train, test, opts, "the log")
@@ -385,22 +413,14 @@ def _run(raw: RawLog, opts: PrepareOptions, steps: _Steps, pd) -> Prepared:
         steps.record(f"recent fraction {opts.recent_fraction:g} of train", train)
     test = _known_items_only(raw, test, train, n_items, opts, "test split", "training")
     steps.record("split train_full / test", None, events=len(train) + len(test))
-
-    # 8. validation split of train_full
     train_tr, valid, valid_start = _split(train, opts.test_days, opts.split_rule, opts.min_session_length)
     _check_split(raw, "validation", train_tr, valid, opts, "train_full")
     valid = _known_items_only(
         raw, valid, train_tr, n_items, opts, "validation split (train_valid, the last --test-days of train_full)", "train_tr"
     )
     steps.record("split train_tr / train_valid", None, events=len(train_tr) + len(valid))
-    return Prepared(
-        splits={"train_full": train, "test": test, "train_tr": train_tr, "train_valid": valid},
-        session_values=session_values,
-        item_values=item_values,
-        n_items=n_items,
-        steps=steps.rows,
-        boundaries={"test_start": test_start, "valid_start": valid_start},
-    )
+    splits = {"train_full": train, "test": test, "train_tr": train_tr, "train_valid": valid}
+    return splits, {"test_start": test_start, "valid_start": valid_start}
 
 
 def _known_items_only(
