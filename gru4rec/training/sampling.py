@@ -44,6 +44,9 @@ def alias_table_loop(scaled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return prob, alias  # buckets left in either list keep prob 1 (rounding leftovers)
 
 
+REFILL_SLICE = 1 << 20  # negatives decided at once while the buffer is refilled (CPU)
+
+
 class NegativeSampler:
     def __init__(
         self,
@@ -71,11 +74,19 @@ class NegativeSampler:
     def _refill(self) -> None:
         if self.generator is not None:
             self._state_before_refill = self.generator.get_state()
+        self._buffer = None  # the old buffer goes before the new one is drawn
         shape = (self.rows, self.n_sample)
         bucket = torch.randint(len(self.prob), shape, device=self.device, generator=self.generator)
-        flat = bucket.view(-1)
-        keep = torch.rand(shape, device=self.device, generator=self.generator) < self.prob.index_select(0, flat).view(shape)
-        self._buffer = torch.where(keep, bucket, self.alias.index_select(0, flat).view(shape))
+        # Then the uniforms, a slice of rows at a time on a CPU (its generator fills them in order, so the
+        # stream is the one a single draw gives), each slice choosing between bucket and alias in place:
+        # the temporaries are a slice's, not four more buffers' worth (400 MB for the default 10M).
+        step = self.rows if self.device.type != "cpu" else max(1, REFILL_SLICE // self.n_sample)
+        for lo in range(0, self.rows, step):
+            part = bucket[lo : lo + step]
+            flat = part.reshape(-1)
+            keep = torch.rand(part.shape, device=self.device, generator=self.generator) < self.prob.index_select(0, flat).view(part.shape)
+            part.copy_(torch.where(keep, part, self.alias.index_select(0, flat).view(part.shape)))
+        self._buffer = bucket
         self._next = 0
 
     def next(self) -> Tensor:

@@ -138,3 +138,22 @@ def test_alias_table_without_the_kernels_is_the_loop(monkeypatch):
     got = alias_table(weights)
     np.testing.assert_array_equal(got[0], expected[0])
     np.testing.assert_array_equal(got[1], expected[1])
+
+
+@pytest.mark.parametrize(("n_sample", "slice_"), [(7, 20), (2048, 1 << 20), (5, 1)])
+def test_refill_in_slices_draws_the_one_shot_stream(monkeypatch, n_sample, slice_):
+    """The buffer is refilled a slice at a time to bound memory; the negatives must be exactly those of
+    one draw of the whole buffer (the same seed gives the same training)."""
+    from gru4rec.training import sampling
+
+    counts = torch.as_tensor(np.arange(1, 301) ** 1.5, dtype=torch.float64)
+    monkeypatch.setattr(sampling, "REFILL_SLICE", slice_)
+    sampler = sampling.NegativeSampler(counts, n_sample, 0.6, cache_size=n_sample * 33, generator=torch.Generator().manual_seed(3))
+    got = torch.stack([sampler.next() for _ in range(40)])  # the buffer holds 33 rows: one refill on the way
+    gen = torch.Generator().manual_seed(3)
+    want = []
+    for _ in range(2):
+        bucket = torch.randint(300, (33, n_sample), generator=gen)
+        keep = torch.rand((33, n_sample), generator=gen) < sampler.prob[bucket]
+        want.append(torch.where(keep, bucket, sampler.alias[bucket]))
+    torch.testing.assert_close(got, torch.cat(want)[:40], rtol=0, atol=0)
