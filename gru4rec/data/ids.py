@@ -114,8 +114,9 @@ class SessionRuns:
 
     def __init__(self) -> None:
         self.run_of_event: list[np.ndarray] = []
-        self.run_ids: list[pa.Array] = []  # the id of each run, as given
-        self.run_keys: list[np.ndarray] | None = []  # their digit keys, while every batch has them
+        self.run_keys: list[np.ndarray] = []  # each run's id as its digit key, while every id has one...
+        self.run_ids: list[pa.Array] = []  # ...and as text from the first batch whose ids do not
+        self.digits = True  # every run id so far has a digit key
         self.n_runs = 0
         self.last: str | int | None = None  # the id of the run the previous batch ended in
 
@@ -128,10 +129,15 @@ class SessionRuns:
         runs = np.cumsum(change, dtype=np.int64)
         runs += self.n_runs - 1
         run_ids = ids.filter(pa.array(change))
-        self.run_ids.append(run_ids)
-        if self.run_keys is not None:
-            keys = digit_keys(run_ids) if len(run_ids) else np.zeros(0, np.int64)
-            self.run_keys = None if keys is None else [*self.run_keys, keys]
+        keys = digit_keys(run_ids) if self.digits and len(run_ids) else None
+        if self.digits and (keys is not None or not len(run_ids)):
+            self.run_keys.append(keys if keys is not None else np.zeros(0, np.int64))
+        else:
+            if self.digits:  # the first ids that are not digits: the runs so far become text
+                self.digits = False
+                if self.run_keys:
+                    self.run_ids = [key_text(pa.array(concatenate(self.run_keys), pa.int64()))]
+            self.run_ids.append(as_text(run_ids))
         self.run_of_event.append(runs.astype(np.int32))
         self.n_runs = int(runs[-1]) + 1
         self.last = ids[n - 1].as_py()
@@ -139,9 +145,8 @@ class SessionRuns:
     def finish(self) -> tuple[np.ndarray, pa.Array]:
         """Session codes of all events (int32) and the session ids (text), in order of first appearance."""
         runs = concatenate(self.run_of_event)
-        if self.run_keys is not None:
+        if self.digits:
             keys = concatenate(self.run_keys)
-            self.run_ids = self.run_keys = []
             ordered = np.sort(keys)
             if not (ordered[1:] == ordered[:-1]).any():  # every run is a session: run numbers are the codes
                 return runs, key_text(pa.array(keys))
@@ -149,9 +154,8 @@ class SessionRuns:
             encoded = pc.dictionary_encode(pa.array(keys))
             session_ids = key_text(encoded.dictionary)
         else:
-            encoded = pc.dictionary_encode(pa.chunked_array([as_text(r) for r in self.run_ids], pa.string()))
+            encoded = pc.dictionary_encode(pa.chunked_array(self.run_ids, pa.string())).combine_chunks()
             self.run_ids = []
-            encoded = encoded.combine_chunks() if isinstance(encoded, pa.ChunkedArray) else encoded
             session_ids = encoded.dictionary
         run_codes = encoded.indices.to_numpy(zero_copy_only=False)
         return run_codes[runs], session_ids

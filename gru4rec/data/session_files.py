@@ -22,11 +22,12 @@ import pyarrow.compute as pc
 from gru4rec.data.ids import ItemCodes, SessionRuns, concatenate
 from gru4rec.foundation.atomic import atomic_file
 from gru4rec.foundation.errors import UserError
+from gru4rec.foundation.memory import release_arrow_memory
 
 COLUMNS = ("SessionId", "ItemId", "Time")
 
 _BLOCK_SIZE = 1 << 24  # bytes of text per parsed block: a few large blocks keep every core busy
-_PARQUET_BATCH_ROWS = 1 << 21
+_PARQUET_BATCH_ROWS = 1 << 20
 # what pyarrow decompresses while streaming; .zip and .xz go through Python's readers
 _STREAM_CODECS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".lz4": "lz4"}
 
@@ -218,7 +219,7 @@ class _ColumnBuilder:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.rows = 0
+        self.rows = self.batches = 0
         self.sessions = SessionRuns()
         self.items = ItemCodes()
         self.times: list[np.ndarray] = []
@@ -235,6 +236,9 @@ class _ColumnBuilder:
         self.items.add(item)
         self.times.append(time)
         self.rows += len(time)
+        self.batches += 1
+        if self.batches % 8 == 0:
+            release_arrow_memory()  # the parsed blocks are copied out: hand their memory back as we go
 
     def _ids(self, ids: pa.Array, name: str) -> pa.Array:
         """The batch's ids as text (ids stored as numbers become their decimal text); none may be empty."""
@@ -276,7 +280,9 @@ class _ColumnBuilder:
             raise UserError(f"{self.path}: no events")
         session, session_ids = self.sessions.finish()
         item, item_ids = self.items.finish()
-        return SessionColumns(session, session_ids, item, item_ids, concatenate(self.times))
+        columns = SessionColumns(session, session_ids, item, item_ids, concatenate(self.times))
+        release_arrow_memory()
+        return columns
 
 
 def _first(mask: pa.Array) -> int:

@@ -142,8 +142,10 @@ def order_events(columns: SessionColumns) -> Events:
     runs = _run_starts(session)
     if len(runs) == n_sessions and _sorted_within_runs(time, runs):
         # contiguous sessions, codes in run order: only whole sessions may need to move
+        lengths = np.diff(np.append(runs, len(session)))
         starts = time[runs]
         order = np.argsort(starts, kind="stable") if (starts[1:] < starts[:-1]).any() else None
+        del starts
         perm = None if order is None else _gather_runs(runs, len(session), order)
     else:
         start = np.full(n_sessions, np.inf)
@@ -152,7 +154,8 @@ def order_events(columns: SessionColumns) -> Events:
         rank = np.empty(n_sessions, dtype=np.int64)
         rank[order] = np.arange(n_sessions)
         perm = np.lexsort((time, rank[session]))  # lexsort is stable: ties keep file order
-    lengths = np.bincount(session, minlength=n_sessions)
+        lengths = np.bincount(session, minlength=n_sessions)
+    del runs
     session_ids = columns.session_ids
     if order is not None:
         lengths, session_ids = lengths[order], session_ids.take(pa.array(order))
@@ -205,16 +208,9 @@ def _item_index(events: Events, item_map: ItemMap) -> np.ndarray | None:
     return item_map.lookup(events.item_ids)
 
 
-def item_counts(events: Events, item_map: ItemMap) -> np.ndarray:
-    """Training events per item of `item_map` (0 for items the file does not hold)."""
-    per_code = np.bincount(events.item, minlength=len(events.item_ids)).astype(np.int64)
-    index = _item_index(events, item_map)
-    if index is None:
-        return per_code
-    counts = np.zeros(len(item_map), dtype=np.int64)
-    known = index >= 0
-    counts[index[known]] = per_code[known]  # distinct file items have distinct indices
-    return counts
+def item_counts(sessions: Sessions, n_items: int) -> np.ndarray:
+    """Training events per item (0 for items the sessions do not hold)."""
+    return np.bincount(sessions.items, minlength=n_items).astype(np.int64, copy=False)
 
 
 def to_sessions(events: Events, item_map: ItemMap) -> tuple[Sessions, int]:
@@ -259,7 +255,7 @@ def load_training_data(
     sessions, _ = to_sessions(events, item_map)
     if sessions.n_events - sessions.n_sessions < 1:
         raise UserError(f"{path}: no session has two or more events, nothing to learn from")
-    return sessions, item_map, item_counts(events, item_map), events
+    return sessions, item_map, item_counts(sessions, len(item_map)), events
 
 
 def read_events(path: str | os.PathLike[str]) -> Events:
