@@ -225,6 +225,26 @@ def test_evaluate_bad_input(data, tmp_path, caplog, capsys):
     run_fails(["evaluate", data["model"], data["test"], "--device", "gpu"], caplog, capsys, "--device")
 
 
+def test_truncated_gzip_is_a_one_line_error(data, tmp_path, caplog, capsys):
+    """A .gz cut short (a copy interrupted) is exit 2 and one line naming the file, in train and evaluate."""
+    import gzip
+
+    rows = cyclic_rows(20000, 3, 1_000_000.0)
+    body = gzip.compress(("SessionId\tItemId\tTime\n" + "".join(f"{s}\t{i}\t{t}\n" for s, i, t in rows)).encode())
+    cut = tmp_path / "cut.tsv.gz"
+    cut.write_bytes(body[: len(body) // 2])
+    text = run_fails(["train", str(cut), "--out", str(tmp_path / "m"), *TINY], caplog, capsys, "cut.tsv.gz", "truncated")
+    assert "\n" not in text and not (tmp_path / "m").exists()
+    text = run_fails(["evaluate", data["model"], str(cut), "--device", "cpu"], caplog, capsys, "cut.tsv.gz", "truncated")
+    assert "\n" not in text
+
+
+def test_nan_time_is_not_called_empty(tmp_path, caplog, capsys):
+    path = write(tmp_path / "nan.tsv", [("a", "x", 1.0), ("a", "y", "nan"), ("a", "z", 3.0)])
+    text = run_fails(["train", path, "--out", str(tmp_path / "m"), *TINY], caplog, capsys, "row 3", "Time nan is not a number")
+    assert "empty" not in text
+
+
 def test_rsc15_100k_short_run(tmp_path):
     """One short real run: train_tr -> train_valid with the RSC15 XE setting, shrunk for speed."""
     folder = require_shared("rsc15_100k")
