@@ -403,6 +403,20 @@ def _daily_cdf(window_ms: int, base_ms: int) -> tuple[np.ndarray, np.ndarray]:
     return edges, cum
 
 
+def _successors(world: _World, intent: np.ndarray, cur: np.ndarray, interest: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Next items of sessions that follow a successor of their current item.
+
+    A successor outside the session's interest is often passed over for another one.
+    """
+    first = world.successor(intent, cur, rng.random(len(cur)))
+    off = np.flatnonzero((world.cluster[first] != interest) & (rng.random(len(cur)) < P_STICK))
+    if len(off):
+        second = world.successor(intent[off], cur[off], rng.random(len(off)))
+        keep = world.cluster[second] == interest[off]
+        first[off[keep]] = second[keep]
+    return first
+
+
 def _clicks(lengths: np.ndarray, epoch: np.ndarray, world: _World, rng: np.random.Generator) -> np.ndarray:
     """Item index of every click, sessions laid out in the given order (`epoch`: each one's epoch)."""
     n_sessions = len(lengths)
@@ -440,15 +454,7 @@ def _clicks(lengths: np.ndarray, epoch: np.ndarray, world: _World, rng: np.rando
             nxt[i] = prev[i]
             i = np.flatnonzero(action == 2)
             if len(i):
-                first = world.successor(intent[i], cur[i], rng.random(len(i)))
-                # A successor outside the session's interest is often passed over for another one.
-                off = np.flatnonzero((world.cluster[first] != interest[i]) & (rng.random(len(i)) < P_STICK))
-                if len(off):
-                    j = i[off]
-                    second = world.successor(intent[j], cur[j], rng.random(len(j)))
-                    keep = world.cluster[second] == interest[j]
-                    first[off[keep]] = second[keep]
-                nxt[i] = first
+                nxt[i] = _successors(world, intent[i], cur[i], interest[i], rng)
             i = np.flatnonzero(action == 3)
             if len(i):
                 nxt[i] = world.popular_in(interest[i], rng.random(len(i)), epoch[i])
