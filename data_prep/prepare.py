@@ -358,7 +358,7 @@ def _run(raw: RawLog, opts: PrepareOptions, steps: _Steps, pd) -> Prepared:
         item = item_codes.astype(np.int32 if len(item_values) < 2**31 else np.int64)
         del item_codes
     del item_ids
-    release_arrowresident_memory()
+    release_arrow_memory()
     n_items = int(len(item_values))
     steps.n_items = n_items
     frame = Frame(session, item, time)
@@ -558,7 +558,7 @@ def write_outputs(prepared: Prepared, out_dir: Path, stats: dict, parquet: bool)
             write_session_file(df, out_dir / f"{name}{ext}")
             log.debug("wrote %s%s (%s events); memory: %s", name, ext, f"{len(df):,}", resident_memory())
         del df
-        release_arrowresident_memory()
+        release_arrow_memory()
     with atomic_file(out_dir / "stats.json", "w", encoding="utf-8", newline="\n") as fh:
         json.dump(stats, fh, indent=2)
         fh.write("\n")
