@@ -7,7 +7,6 @@ import logging
 import shutil
 from pathlib import Path
 
-from gru4rec.foundation.atomic import check_output_file
 from gru4rec.foundation.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -90,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--days must be a positive number, got {args.days}")
     if args.format not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {args.format!r}")
+    from gru4rec.foundation.atomic import check_output_file
+
     out = check_output_file(args.out)
     _check_size(args, out)
 

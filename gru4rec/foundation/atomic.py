@@ -135,7 +135,10 @@ def _target(path: Path, option: str) -> Path:
 
 
 def _refuse_working_directory(path: Path, option: str) -> None:
-    cwd = Path.cwd().resolve()
+    try:
+        cwd = Path.cwd().resolve()
+    except OSError:  # the working directory was removed: it cannot be the output
+        return
     if cwd.is_relative_to(path.resolve()):
         raise UserError(
             f"{option} {path}: is the current directory or one above it, which gru4rec never replaces; "
