@@ -16,6 +16,9 @@ The rules every command follows (docs/cli.md, "Outputs"):
   the current directory) is refused with a one-line error before any long work starts.
 * Temporary files and directories are locked (flock) by the process writing them. Whatever a killed
   run left beside an output (its lock died with it) is removed by the next run writing that output.
+  Two runs writing the same output at the same time are not supported: the later swap wins, and in
+  the instant between creating and locking its temporary copy a run can lose it to the other's
+  clean-up (it then fails with an error; the output itself is never damaged).
 """
 
 from __future__ import annotations
@@ -198,18 +201,23 @@ def _leftover_patterns(name: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
     return re.compile(rf"\.{stem}\.[a-z0-9_]{{8}}\.tmp"), re.compile(rf"\.{stem}\.old-[A-Za-z0-9_-]+")
 
 
-def _lock(path: Path | str) -> int:
-    """An fd holding an exclusive lock on `path` (a file or directory) until closed or the process dies."""
+def _lock(path: Path | str, wait: bool = True) -> int:
+    """An fd holding an exclusive lock on `path` (a file or directory) until closed or the process
+    dies; without `wait`, BlockingIOError if another process holds it."""
     fd = os.open(path, os.O_RDONLY)
     if fcntl is not None:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except OSError:
+            os.close(fd)
+            raise
     return fd
 
 
 def _in_use(path: Path) -> bool:
     """True while a live process holds the lock it took when it created `path`."""
     try:
-        os.close(_lock(path))
+        os.close(_lock(path, wait=False))
     except BlockingIOError:
         return True
     except OSError:

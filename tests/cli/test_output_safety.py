@@ -133,6 +133,7 @@ def test_unwritable_outputs_fail_before_the_work(files, tmp_path, capsys):
         (["export", model, "--format", "torchscript", "--out", f"{ro}/m.pt"], f"--out {ro}/m.pt: cannot write in {ro}"),
         (["compare", test, "--model", f"m={model}", "--out", f"{ro}/c"], f"--out {ro}/c: cannot write in {ro}"),
         (["synth", "--events", "100", "--items", "10", "--out", f"{ro}/s.dat"], f"--out {ro}/s.dat: cannot write in {ro}"),
+        (["tune", train, test, "--space", "xe", "--trials", "1", "--out", f"{ro}/t"], f"--out {ro}/t: cannot write in {ro}"),
     ]
     for argv, message in cases:
         out = fails(capsys, argv, message)
@@ -150,6 +151,12 @@ def test_train_seed_out_of_range(files, tmp_path, capsys):
           "--seed must be an integer from 0 to")
     fails(capsys, ["train", str(files["train"]), "--out", str(tmp_path / "m"), *TINY, "--seed", "-1"], "--seed must be")
     assert not (tmp_path / "m").exists()
+
+
+def test_tune_seed_out_of_range(files, tmp_path, capsys):
+    fails(capsys, ["tune", str(files["train"]), str(files["test"]), "--space", "xe", "--trials", "1",
+                   "--out", str(tmp_path / "t"), "--seed", str(2**40)], "--seed must be an integer from 0 to 4294967295")
+    assert not (tmp_path / "t").exists()
 
 
 def test_tune_with_a_bad_storage_leaves_no_output_directory(files, tmp_path, capsys):
