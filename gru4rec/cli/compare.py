@@ -51,11 +51,13 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from gru4rec.cli.evaluate import evaluation_options
-    from gru4rec.evaluation.compare import compare, write_comparison
+    from gru4rec.evaluation.compare import COMPARISON_OUTPUT, compare, write_comparison
     from gru4rec.evaluation.reports import comparison_markdown
+    from gru4rec.foundation.atomic import check_output_dir
 
     options = evaluation_options(args)
     models = _model_specs(args.model)
+    check_output_dir(args.out, COMPARISON_OUTPUT)
     comparison = compare(args.test, models, list(args.baseline), args.train, options, args.device)
     files = write_comparison(comparison, Path(args.out))
     print(comparison_markdown(comparison.metrics, comparison.cutoffs))

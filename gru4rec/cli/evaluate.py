@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
     options = evaluation_options(args)
     device = resolve_device(args.device)
+    _check_outputs(args)
     if args.baseline:
         from gru4rec.evaluation.baselines import load_train_set, parse_baseline_spec
 
@@ -84,6 +85,18 @@ def run(args: argparse.Namespace) -> int:
     _print_report(report)
     _write_outputs(args, entry.label, report)
     return 0
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """--json and --plot must be writable files: found out before the evaluation, not after it."""
+    from gru4rec.foundation.atomic import check_output_file
+    from gru4rec.foundation.errors import UserError
+
+    if args.json and args.plot and Path(args.json).resolve() == Path(args.plot).resolve():
+        raise UserError(f"--json and --plot both name {args.json}; give them different files")
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if path:
+            check_output_file(path, option)
 
 
 def _print_report(report: dict) -> None:

@@ -22,7 +22,7 @@ from gru4rec.data.sessions import ItemMap, read_events
 from gru4rec.evaluation.baselines import TrainSet, fit_baseline, load_train_set, parse_baseline_spec
 from gru4rec.evaluation.protocol import DEFAULT_CUTOFFS, EvalResult, ModelScorer, check_cutoffs, evaluate_file
 from gru4rec.evaluation.reports import comparison_markdown, plot_metrics
-from gru4rec.foundation.atomic import atomic_file
+from gru4rec.foundation.atomic import OutputKind, atomic_dir
 from gru4rec.foundation.devices import resolve_device
 from gru4rec.foundation.errors import UserError
 from gru4rec.model.checkpoint import load_checkpoint
@@ -175,14 +175,18 @@ def compare(
     return comparison
 
 
+COMPARISON_OUTPUT = OutputKind(
+    "comparison directory", "gru4rec compare", frozenset({"comparison.md", "comparison.json", "comparison.png"}), "comparison.json"
+)
+
+
 def write_comparison(comparison: Comparison, out: Path) -> list[Path]:
-    """comparison.md, comparison.json and comparison.png in `out`, each written atomically."""
-    files = [out / "comparison.md", out / "comparison.json", out / "comparison.png"]
-    with atomic_file(files[0]) as fh:
-        fh.write(comparison.markdown())
-    with atomic_file(files[1]) as fh:
-        json.dump(comparison.to_dict(), fh, indent=2)
-    first = next(iter(comparison.entries.values()))
-    title = f"{first['protocol']} protocol on {Path(comparison.test).name}"
-    plot_metrics(comparison.metrics, comparison.cutoffs, files[2], title=title)
-    return files
+    """comparison.md, comparison.json and comparison.png: the directory `out` is replaced as a whole."""
+    names = ["comparison.md", "comparison.json", "comparison.png"]
+    with atomic_dir(out, COMPARISON_OUTPUT) as tmp:
+        (tmp / names[0]).write_text(comparison.markdown(), encoding="utf-8")
+        (tmp / names[1]).write_text(json.dumps(comparison.to_dict(), indent=2), encoding="utf-8")
+        first = next(iter(comparison.entries.values()))
+        title = f"{first['protocol']} protocol on {Path(comparison.test).name}"
+        plot_metrics(comparison.metrics, comparison.cutoffs, tmp / names[2], title=title)
+    return [out / name for name in names]

@@ -19,8 +19,6 @@ import io
 import json
 import logging
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 import gru4rec
-from gru4rec.foundation.atomic import atomic_file
+from gru4rec.foundation.atomic import atomic_file, scratch_dir
 from gru4rec.model.checkpoint import Checkpoint, load_checkpoint
 from gru4rec.foundation.errors import GRU4RecError, UserError
 from gru4rec.model.network import GRU4Rec
@@ -204,14 +202,10 @@ def _atomic_files(out: Path) -> Iterator[Path]:
     """A path with `out`'s name in a temporary directory beside it; whatever gets written there
     (the model and, above 2 GB, its external-data file, referenced by name) replaces its namesake
     beside `out` only if the block succeeds."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with scratch_dir(out) as tmp_dir:  # locked while in use; a killed export's is removed next time
         yield tmp_dir / out.name
         for produced in sorted(tmp_dir.iterdir(), key=lambda p: p.name == out.name):  # the model last
             os.replace(produced, out.parent / produced.name)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def verify_export(out: Path, fmt: str, wrapper: StepAndScore, steps: int = 2) -> float:

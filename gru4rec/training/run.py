@@ -20,12 +20,16 @@ from gru4rec.data.sessions import ItemMap, Sessions, load_eval_data, load_traini
 from gru4rec.evaluation.protocol import DEFAULT_CUTOFFS, ModelScorer, check_metric, evaluate
 from gru4rec.foundation.devices import resolve_device
 from gru4rec.foundation.errors import UserError
+from gru4rec.foundation.atomic import check_output_dir
 from gru4rec.model.checkpoint import (
+    MODEL_FILE,
+    MODEL_OUTPUT,
     OPTIMIZER_FILE,
     Checkpoint,
     load_checkpoint,
     load_optimizer_state,
     load_resume_state,
+    load_weights,
     model_config,
     read_metadata,
     save_checkpoint,
@@ -38,6 +42,9 @@ from gru4rec.training.trainer import EpochStats, Trainer
 from gru4rec.training.warm_start import check_compatible, warm_start_model, warm_start_optimizer_state
 
 log = logging.getLogger(__name__)
+
+MAX_SEED = 2**63 - 1 - 1024  # torch takes 64-bit seeds; distributed ranks add their rank
+PROBE_ITEMS = 8
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,10 @@ class TrainOptions:
     init_from: str | os.PathLike[str] | None = None
     keep_vanished_items: bool = True
     threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise UserError(f"--seed must be an integer from 0 to {MAX_SEED}, got {self.seed}")
 
 
 def train(
@@ -177,6 +188,8 @@ class _Run:
 
     @classmethod
     def start(cls, train_path, out_dir: Path, params: HyperParams, opts: TrainOptions, dev, ctx) -> _Run:
+        if ctx is None or ctx.is_main:  # rank 0 writes; check before hours of training, not after them
+            out_dir = check_output_dir(out_dir, MODEL_OUTPUT)
         data = _read_data(train_path, params, opts)
         validation = _Validation.read(opts.valid_path, data.item_map, opts.metric) if opts.valid_path is not None else None
         trainer, warm = _make_trainer(data, params, opts, dev, ctx)
@@ -200,6 +213,7 @@ class _Run:
         n_epochs = self.params.training.n_epochs
         for epoch in range(self.first_epoch, n_epochs + 1):
             stats = self.trainer.train_epoch(epoch)
+            check_not_diverged(self.trainer.model, epoch, self.out_dir)
             if self.is_main:
                 self._validate(epoch, stats)
             self.history.append(stats)
@@ -261,6 +275,12 @@ class _Run:
             raise UserError(f"{out_dir}: was trained with other parameters; resume with the same --params/--set")
         if list(metadata["item_ids"]) != [str(i) for i in self.data.item_map.ids]:
             raise UserError(f"{out_dir}: was trained on another training file; resume with the same TRAIN")
+        seed = metadata["training"].get("seed", self.opts.seed)
+        if seed != self.opts.seed:
+            raise UserError(
+                f"{out_dir}: was trained with --seed {seed}; resume with --seed {seed} (resuming continues "
+                f"that run's random streams, so another seed would not take effect)"
+            )
         trainer.model.load_state_dict(state["weights"])
         optimizer_state = load_optimizer_state(out_dir, dev)
         if optimizer_state is None:
@@ -270,10 +290,46 @@ class _Run:
         torch.set_rng_state(state["torch_rng"].cpu())
         self.history = [EpochStats(**e) for e in metadata["training"]["epochs"]]
         if state["best_epoch"]:
-            best_weights = torch.load(out_dir / "model.pt", map_location=dev, weights_only=True)
+            best_weights = load_weights(out_dir / MODEL_FILE, dev)
             self.best = _Best(float(state["best_value"]), int(state["best_epoch"]), best_weights)
         self.first_epoch = int(state["epoch"]) + 1
         log.info("resuming %s after epoch %d", out_dir, state["epoch"])
+
+
+@torch.no_grad()
+def check_not_diverged(model: GRU4Rec, epoch: int, out_dir: Path) -> None:
+    """Stop a run whose epoch left garbage: weights that are not finite, or a network whose steps or
+    scores overflow float32 (learning_rate=1e30 leaves finite weights near 1e30 whose scores are NaN).
+
+    Cheap: one pass over the weights and two steps of a few items, one at a time (as the service
+    steps a session) and together (as evaluation does); their results can differ in how they overflow.
+    """
+    kept = f"{out_dir} keeps the epoch written before" if out_dir.exists() else f"nothing was written to {out_dir}"
+    advice = f"lower learning_rate and train again ({kept})"
+    for name, weights in model.named_parameters():
+        if not bool(torch.isfinite(weights).all()):
+            raise UserError(f"training diverged in epoch {epoch}: the weights {name} became NaN or infinite; {advice}")
+    was_training = model.training
+    model.eval()
+    try:
+        device = model.Wy.weight.device
+        items = torch.arange(min(model.n_items, PROBE_ITEMS), device=device)
+        outputs = [_probe(model, items)] + [_probe(model, items[i : i + 1]) for i in range(len(items))]
+    finally:
+        model.train(was_training)
+    if not all(bool(torch.isfinite(t).all()) for t in outputs):
+        largest = max(float(w.abs().max()) for w in model.parameters())
+        raise UserError(
+            f"training diverged in epoch {epoch}: the network's scores overflow (largest weight {largest:.3g}); {advice}"
+        )
+
+
+def _probe(model: GRU4Rec, items: Tensor) -> Tensor:
+    """States after two steps and the scores of every item, side by side."""
+    state = torch.zeros(len(items), sum(model.layer_sizes), device=items.device)
+    state = model.step_packed(items, state)
+    state = model.step_packed(items.roll(1), state)
+    return torch.cat([state, model.score(state[:, -model.layer_sizes[-1] :])], dim=1)
 
 
 def _summary(train_path, data: _Data, params: HyperParams, opts: TrainOptions, dev, ctx, validating: bool) -> dict[str, Any]:

@@ -37,7 +37,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -45,12 +44,19 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from gru4rec.training.params import FIELDS, HyperParams, from_mapping
+from gru4rec.foundation.atomic import OutputKind, check_output_dir, claim_dir, scratch_dir
 from gru4rec.foundation.errors import UserError
+from gru4rec.training.params import FIELDS, HyperParams, from_mapping
 
 log = logging.getLogger(__name__)
 
 SPACE_SUFFIX = ".toml"
+MAX_SEED = 2**32 - 1
+TUNE_OUTPUT = OutputKind(
+    "tuning directory", "gru4rec tune",
+    frozenset({"study.db", "study.db-journal", "study.db-wal", "study.db-shm", "trials.csv", "tune.json", "best_params.toml"}),
+    "study.db",
+)
 DIMENSION_TYPES = ("float", "int", "categorical")
 
 
@@ -254,12 +260,14 @@ def tune(
     """Run (or continue) the study until it has n_trials finished trials; write the best parameters."""
     from optuna.trial import TrialState
 
-    _check_inputs(train_path, valid_path, n_trials, timeout, metric, device)
+    out = check_output_dir(out_dir, TUNE_OUTPUT, replace=False)
+    _check_inputs(train_path, valid_path, n_trials, timeout, metric, device, seed)
     base = base or HyperParams()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if storage is None:  # else the study opens first: a bad --storage leaves no empty --out behind
+        claim_dir(out, TUNE_OUTPUT)
     storage = storage or f"sqlite:///{out / 'study.db'}"
     study = _open_study(storage, study_name, seed, metric, space)
+    claim_dir(out, TUNE_OUTPUT)
     train_options = dict(valid_path=valid_path, device=device, seed=seed, metric=metric, eval_batch_size=eval_batch_size)
     objective = _objective(train_path, space, base, out, metric, train_options)
     done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials(deepcopy=False))
@@ -272,7 +280,7 @@ def tune(
     return write_outputs(study, out, metric)
 
 
-def _check_inputs(train_path, valid_path, n_trials: int, timeout: float | None, metric: str, device: str) -> None:
+def _check_inputs(train_path, valid_path, n_trials: int, timeout: float | None, metric: str, device: str, seed: int) -> None:
     """Fail on bad options and files now, not as a string of failed trials."""
     from gru4rec.data.sessions import load_eval_data, load_training_data
     from gru4rec.evaluation.protocol import check_metric
@@ -282,6 +290,8 @@ def _check_inputs(train_path, valid_path, n_trials: int, timeout: float | None, 
         raise UserError(f"--trials must be >= 1, got {n_trials}")
     if timeout is not None and timeout <= 0:
         raise UserError(f"--timeout must be > 0 seconds, got {timeout}")
+    if not 0 <= seed <= MAX_SEED:  # optuna's sampler takes 32-bit seeds
+        raise UserError(f"--seed must be an integer from 0 to {MAX_SEED}, got {seed}")
     check_metric(metric)
     resolve_device(device)
     _, item_map, _, _ = load_training_data(train_path)
@@ -292,15 +302,16 @@ def _check_inputs(train_path, valid_path, n_trials: int, timeout: float | None, 
 def _open_study(storage: str, study_name: str, seed: int, metric: str, space: SearchSpace):
     """Create or continue the study; interrupted trials are queued again."""
     import optuna
+    from sqlalchemy.exc import SQLAlchemyError
 
     _configure_optuna_logging()
     try:
         study = optuna.create_study(
             study_name=study_name, storage=storage, direction="maximize", load_if_exists=True,
-            sampler=optuna.samplers.TPESampler(seed=seed + len(_existing_trials(storage, study_name))),
+            sampler=optuna.samplers.TPESampler(seed=(seed + len(_existing_trials(storage, study_name))) % 2**32),
         )
-    except (ValueError, ImportError, optuna.exceptions.OptunaError) as exc:
-        raise UserError(f"--storage {storage!r}: cannot open the study ({exc})") from None
+    except (ValueError, ImportError, optuna.exceptions.OptunaError, SQLAlchemyError) as exc:
+        raise UserError(f"--storage {storage}: cannot open the study ({_first_line(exc)})") from None
     previous = study.user_attrs.get("metric")
     if previous is not None and previous != metric:
         raise UserError(f"study {study_name!r} in {storage} selects by {previous}; rerun with --metric {previous} or a new --out/--study-name")
@@ -320,9 +331,9 @@ def _objective(train_path, space: SearchSpace, base: HyperParams, out: Path, met
         values = {d.name: d.suggest(trial) for d in space.dimensions}
         params = base.replace(**space.fixed, **values)
         start = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix=f".trial-{trial.number}-", dir=out) as tmp:
+        with scratch_dir(out / "trial") as tmp:
             try:
-                history = train(train_path, Path(tmp) / "model", params, **train_options)
+                history = train(train_path, tmp / "model", params, **train_options)
             except UserError as exc:  # e.g. diverged: a bad point of the space, not a bad run
                 trial.set_user_attr("error", str(exc))
                 log.warning("trial %d failed: %s", trial.number, exc)
@@ -335,6 +346,11 @@ def _objective(train_path, space: SearchSpace, base: HyperParams, out: Path, met
         return max(scores)
 
     return objective
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def _existing_trials(storage: str, study_name: str) -> list:
