@@ -75,12 +75,17 @@ class Scored:
 
 def load_model(path: str, device, label: str | None = None) -> Scored:
     """A trained model directory as a scorer."""
+    from gru4rec.evaluation.scorers import model_scorer
+    from gru4rec.model.architectures import ALL
     from gru4rec.model.checkpoint import load_checkpoint
-    from gru4rec.evaluation.protocol import ModelScorer
 
-    checkpoint = load_checkpoint(path, device)
-    info = {"model": str(path), "hyperparameters": checkpoint.hyperparameters}
-    return Scored(label or str(path), ModelScorer(checkpoint.model), checkpoint.item_map, checkpoint.item_counts, info)
+    checkpoint = load_checkpoint(path, device, architectures=ALL)
+    epochs = (checkpoint.metadata.get("training") or {}).get("epochs") or []
+    info = {
+        "model": str(path), "architecture": checkpoint.architecture, "hyperparameters": checkpoint.hyperparameters,
+        "train_seconds": round(sum(float(e.get("seconds", 0.0)) for e in epochs), 1),
+    }
+    return Scored(label or str(path), model_scorer(checkpoint.model), checkpoint.item_map, checkpoint.item_counts, info)
 
 
 def fit_baseline_scorer(spec: str, train, label: str | None = None) -> Scored:

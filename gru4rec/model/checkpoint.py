@@ -29,6 +29,7 @@ import torch
 
 import gru4rec
 from gru4rec.foundation.atomic import atomic_dir
+from gru4rec.model.architectures import ARCHITECTURES, architecture_of, build_network
 from gru4rec.model.config import ARCHITECTURE, MODEL_FIELDS, ModelConfig
 from gru4rec.data.sessions import ItemMap
 from gru4rec.foundation.errors import ModelUnavailable
@@ -45,7 +46,7 @@ REQUIRED_METADATA = {1: ("hyperparameters", "item_ids", "item_counts"), 2: ("mod
 
 @dataclass
 class Checkpoint:
-    model: GRU4Rec
+    model: GRU4Rec  # or another registered architecture's network (see model.architectures)
     item_map: ItemMap
     item_counts: np.ndarray
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -53,6 +54,10 @@ class Checkpoint:
     @property
     def config(self) -> ModelConfig:
         return self.model.config
+
+    @property
+    def architecture(self) -> str:
+        return architecture_of(self.model)
 
     @property
     def training_settings(self) -> dict[str, Any]:
@@ -98,7 +103,7 @@ def save_checkpoint(
         "model_version": created,
         "created": created,
         "n_items": len(item_map),
-        "model": {"architecture": ARCHITECTURE, **model.config.to_dict()},
+        "model": {"architecture": architecture_of(model), **model.config.to_dict()},
         "libraries": library_versions(),
         "training": training,
         "item_ids": [str(i) for i in item_map.ids],
@@ -136,20 +141,29 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     return metadata
 
 
-def model_config(metadata: dict[str, Any], source: Path | str) -> ModelConfig:
-    """The network's configuration recorded in metadata (format 2: "model"; format 1: "hyperparameters")."""
+def model_config(
+    metadata: dict[str, Any], source: Path | str, architectures: tuple[str, ...] = (ARCHITECTURE,)
+) -> ModelConfig:
+    """The network's configuration recorded in metadata (format 2: "model"; format 1: "hyperparameters").
+
+    A model of an architecture outside `architectures` is refused (ModelUnavailable).
+    """
+    architecture = ARCHITECTURE
     if metadata.get("format_version") == 1:
         values = {k: v for k, v in (metadata.get("hyperparameters") or {}).items() if k in MODEL_FIELDS}
     else:
         values = dict(metadata.get("model") or {})
         architecture = values.pop("architecture", ARCHITECTURE)
-        if architecture != ARCHITECTURE:
-            raise ModelUnavailable(f"{source}: a {architecture!r} model, not {ARCHITECTURE!r}")
-    unknown = sorted(set(values) - set(MODEL_FIELDS))
+        if architecture not in architectures:
+            raise ModelUnavailable(f"{source}: a {architecture!r} model; this command reads {', '.join(map(repr, architectures))} models")
+    if architecture not in ARCHITECTURES:
+        raise ModelUnavailable(f"{source}: unknown architecture {architecture!r}")
+    arch = ARCHITECTURES[architecture]
+    unknown = sorted(set(values) - set(arch.fields))
     if unknown:
         raise ModelUnavailable(f"{source}: unknown model setting(s) {', '.join(unknown)}")
     try:
-        return ModelConfig(**values)
+        return arch.config_class(**values)
     except (TypeError, ValueError) as exc:
         raise ModelUnavailable(f"{source}: damaged model configuration ({exc})") from None
 
@@ -166,12 +180,15 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Checkpoint:
+def load_checkpoint(
+    path: str | os.PathLike[str], device: str | torch.device = "cpu", architectures: tuple[str, ...] = (ARCHITECTURE,)
+) -> Checkpoint:
+    """A model directory's network, item map and counts; `architectures` are the kinds of network accepted."""
     path = Path(path)
     metadata = read_metadata(path)
-    config = model_config(metadata, path / METADATA_FILE)
+    config = model_config(metadata, path / METADATA_FILE, architectures)
     item_map = ItemMap.from_ids(metadata["item_ids"])
-    model = GRU4Rec(len(item_map), config)
+    model = build_network(len(item_map), config)
     try:
         state = torch.load(path / MODEL_FILE, map_location=device, weights_only=True)
         model.load_state_dict(state)

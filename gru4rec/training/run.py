@@ -17,8 +17,9 @@ import torch
 from torch import Tensor
 
 from gru4rec.data.sessions import ItemMap, Sessions, load_eval_data, load_training_data
-from gru4rec.evaluation.protocol import DEFAULT_CUTOFFS, ModelScorer, check_metric, evaluate
-from gru4rec.foundation.devices import resolve_device
+from gru4rec.evaluation.protocol import DEFAULT_CUTOFFS, check_metric, evaluate
+from gru4rec.evaluation.scorers import model_scorer
+from gru4rec.foundation.devices import resolve_device, torch_threads
 from gru4rec.foundation.errors import UserError
 from gru4rec.model.checkpoint import (
     OPTIMIZER_FILE,
@@ -33,6 +34,7 @@ from gru4rec.model.checkpoint import (
 )
 from gru4rec.model.network import GRU4Rec
 from gru4rec.training import distributed as ddp
+from gru4rec.training import sasrec
 from gru4rec.training.params import HyperParams
 from gru4rec.training.trainer import EpochStats, Trainer
 from gru4rec.training.warm_start import check_compatible, warm_start_model, warm_start_optimizer_state
@@ -66,6 +68,8 @@ def train(
     job: it trains on its shard of the sessions, and rank 0 validates and writes MODEL_DIR.
     """
     opts = TrainOptions(**options)
+    if params.architecture == sasrec.ARCHITECTURE:
+        sasrec.check_options(opts)
     dev = resolve_device(opts.device)
     ctx = ddp.init_from_env(dev.type) if opts.distributed else None
     if ctx is not None and dev.type == "cuda":
@@ -124,7 +128,7 @@ class _Validation:
     def score(self, model: GRU4Rec, device: torch.device, batch_size: int) -> dict[str, float]:
         model.eval()
         result = evaluate(
-            ModelScorer(model), self.sessions, self.cutoffs, ties="conservative", batch_size=batch_size,
+            model_scorer(model), self.sessions, self.cutoffs, ties="conservative", batch_size=batch_size,
             device=device, n_unknown=self.n_unknown, list_metrics=False,
         )
         return result.metrics
@@ -132,6 +136,8 @@ class _Validation:
 
 def _make_trainer(data: _Data, params: HyperParams, opts: TrainOptions, dev: torch.device, ctx) -> tuple[Trainer, dict | None]:
     """The trainer (this rank's shard when distributed), warm-started when there is a base model."""
+    if params.architecture == sasrec.ARCHITECTURE:
+        return sasrec.SASRecTrainer(params, data.sessions, data.counts, dev, opts.seed, threads=opts.threads), None
     model, warm = None, None
     if data.base is not None:
         model, warm = warm_start_model(data.base, data.item_map, params.model)
@@ -213,7 +219,8 @@ class _Run:
     def _validate(self, epoch: int, stats: EpochStats) -> None:
         if self.validation is None:
             return
-        stats.valid = self.validation.score(self.trainer.model, self.device, self.opts.eval_batch_size)
+        with torch_threads(self.trainer.threads):  # as many threads as training (more collapse on a busy CPU)
+            stats.valid = self.validation.score(self.trainer.model, self.device, self.opts.eval_batch_size)
         value = stats.valid[self.validation.metric]
         if self.best is None or value > self.best.value:
             self.best = _Best(value, epoch, copy.deepcopy(self.trainer.model.state_dict()))
@@ -256,8 +263,8 @@ class _Run:
         state = load_resume_state(out_dir, dev)
         if state is None:
             raise UserError(f"{out_dir}: nothing to resume (the run there finished, or never wrote an epoch)")
-        recorded = {**model_config(metadata, out_dir).to_dict(), **training_settings(metadata)}
-        if recorded != self.params.to_dict():
+        recorded = {**model_config(metadata, out_dir, (self.params.architecture,)).to_dict(), **training_settings(metadata)}
+        if recorded != {k: v for k, v in self.params.to_dict().items() if k != "architecture"}:
             raise UserError(f"{out_dir}: was trained with other parameters; resume with the same --params/--set")
         if list(metadata["item_ids"]) != [str(i) for i in self.data.item_map.ids]:
             raise UserError(f"{out_dir}: was trained on another training file; resume with the same TRAIN")

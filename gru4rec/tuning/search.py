@@ -45,7 +45,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from gru4rec.training.params import FIELDS, HyperParams, from_mapping
+from gru4rec.training.params import HyperParams, from_mapping
 from gru4rec.foundation.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,7 @@ class SearchSpace:
     source: str
     fixed: dict[str, Any] = field(default_factory=dict)
     dimensions: tuple[Dimension, ...] = ()
+    base: Any = None  # the parameters the space leaves alone (HyperParams or SASRecParams)
 
 
 def _tidy(value: Any) -> Any:
@@ -131,13 +132,16 @@ def load_space(name_or_file: str, base: HyperParams | None = None) -> SearchSpac
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{source}: not valid TOML ({exc})") from None
-    base = base or HyperParams()
+    architecture = data.get("architecture", HyperParams.architecture)
+    base = base or from_mapping({"architecture": architecture}, source=source)
+    if architecture != base.architecture:
+        raise UserError(f"{source}: a {architecture} space, but --params names {base.architecture} parameters")
     fixed: dict[str, Any] = {}
     dims: list[Dimension] = []
     for name, spec in data.items():
         where = f"{source}: [{name}]"
-        if name not in FIELDS:
-            from_mapping({name: None}, source=source)  # raises the usual 'unknown parameter' message
+        if name not in base.to_dict() and name != "architecture":
+            from_mapping({"architecture": architecture, name: None}, source=source)  # raises the usual 'unknown parameter' message
         if not isinstance(spec, dict):
             fixed[name] = spec
             continue
@@ -185,7 +189,7 @@ def load_space(name_or_file: str, base: HyperParams | None = None) -> SearchSpac
         base.replace(**fixed)
     except UserError as exc:
         raise UserError(f"{source}: {exc}") from None
-    return SearchSpace(source, fixed, tuple(dims))
+    return SearchSpace(source, fixed, tuple(dims), base)
 
 
 @dataclass
@@ -251,7 +255,7 @@ def tune(
         raise UserError(f"--timeout must be > 0 seconds, got {timeout}")
     check_metric(metric)
     resolve_device(device)
-    base = base or HyperParams()
+    base = base or space.base or HyperParams()
     out = Path(out_dir)
     # fail on bad files now, not as a string of failed trials
     _, item_map, _, _ = load_training_data(train_path)
