@@ -13,7 +13,7 @@ script with that environment's python (the repository is put on sys.path by the 
     python3 -m venv /work/fidelity-venv
     /work/fidelity-venv/bin/pip install torch==2.13.0          # first: the same torch as ours
     /work/fidelity-venv/bin/pip install "rectools[torch]==0.19.0"
-    /work/fidelity-venv/bin/python benchmarks/sasrec_fidelity.py --seeds 1 2 3 --epochs 10
+    /work/fidelity-venv/bin/python benchmarks/sasrec_fidelity.py --seeds 1 2 3 --epochs 5
 
 Architectural differences that remain (inherent to the two designs, not hyper-parameters): RecTools
 pads on the left to session_max_len and counts positions from the end, follows the original
@@ -165,17 +165,31 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--max-len", type=int, default=20)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=0.001)
     ap.add_argument("--only", choices=["ours", "rectools"], help="run one implementation only")
     ap.add_argument("--json", type=Path, help="write all results here")
+    ap.add_argument("--merge", type=Path, nargs="+", help="print the table of earlier --json files instead of training")
     args = ap.parse_args()
+    if args.merge:
+        results = {}
+        for path in args.merge:
+            for name, runs in json.loads(path.read_text()).items():
+                results.setdefault(name, []).extend(runs)
+        print(table(results))
+        if len(results) == 2:
+            print()
+            print(verdict(results))
+        return
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)  # both implementations on one core (the machine is shared)
     train_file = args.data / "yoochoose-clicks-100k_train_tr.txt.gz"
     valid_file = args.data / "yoochoose-clicks-100k_train_valid.txt.gz"
     params = SASRecParams(
-        hidden_size=64, n_blocks=2, n_heads=2, ff_size=64, max_len=50, dropout_p=0.2,
-        loss="cross-entropy", learning_rate=0.001, batch_size=128, n_epochs=args.epochs,
+        hidden_size=64, n_blocks=2, n_heads=2, ff_size=64, max_len=args.max_len, dropout_p=0.2,
+        loss="cross-entropy", learning_rate=args.lr, batch_size=args.batch_size, n_epochs=args.epochs,
     )
     print(f"hyper-parameters: {params}", flush=True)
     from gru4rec.data.sessions import load_training_data
