@@ -53,14 +53,22 @@ CUTOFFS = (1, 5, 10, 20)
 
 
 class RecToolsScorer:
-    """SessionScorer over a fitted RecTools SASRecModel: left-padded prefixes, last position's output."""
+    """SessionScorer over a fitted RecTools SASRecModel: left-padded prefixes, last position's output.
+
+    RecTools trains on the last session_max_len + 1 clicks of each session only, so an item seen only
+    earlier in long sessions is not in its catalogue: such an item scores -inf (the worst rank when
+    it is the target) and is read as padding when clicked.
+    """
 
     needs_times = False
 
     def __init__(self, model, item_ids: np.ndarray, max_len: int) -> None:
         self.net = model.torch_model.eval()
-        internal = model.data_preparator.item_id_map.convert_to_internal(item_ids.astype(np.int64))
-        self.columns = torch.as_tensor(np.asarray(internal), dtype=torch.long)  # our item index -> RecTools id
+        internal = model.data_preparator.item_id_map.to_internal.reindex(item_ids.astype(np.int64))
+        self.known = torch.as_tensor(internal.notna().to_numpy())
+        # our item index -> RecTools id (0, its padding id, for items it does not know)
+        self.columns = torch.as_tensor(internal.fillna(0).astype(np.int64).to_numpy())
+        self.n_unknown = int((~self.known).sum())
         self.n_items = len(item_ids)
         self.max_len = max_len
 
@@ -82,7 +90,7 @@ class RecToolsScorer:
         session = self.net.encode_sessions({"x": x}, item_embs)[:, -1, :]
         session = self.net.similarity_module.session_tower_forward(session)
         item_embs = self.net.similarity_module.item_tower_forward(item_embs)
-        return session @ item_embs[self.columns].T
+        return (session @ item_embs[self.columns].T).masked_fill(~self.known, float("-inf"))
 
 
 def run_ours(train_file: Path, valid_file: Path, params: SASRecParams, seed: int) -> tuple[dict, float]:
@@ -130,6 +138,9 @@ def run_rectools(train_file: Path, valid_file: Path, params: SASRecParams, seed:
     sessions, n_unknown = load_eval_data(valid_file, item_map)
     scorer = RecToolsScorer(model, item_map.ids, m.max_len)
     result = evaluate(scorer, sessions, CUTOFFS, "conservative", n_unknown=n_unknown, list_metrics=False)
+    hits = int(np.isin(sessions.items, np.flatnonzero(~scorer.known.numpy())).sum())
+    print(f"rectools seed {seed}: {scorer.n_unknown} of {scorer.n_items} items outside its catalogue, "
+          f"{hits} of {sessions.n_events} test events on them", flush=True)
     return result.metrics, seconds
 
 

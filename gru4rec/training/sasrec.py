@@ -125,6 +125,20 @@ class SASRecTrainer:
         self._lengths = windows[1]
         self._targets_per_window = windows[1] - windows[2]
         self.n_targets = int(self._targets_per_window.sum())
+        self._check_score_memory(len(item_counts), int(windows[1].max(initial=1)))
+
+    def _check_score_memory(self, n_items: int, longest: int) -> None:
+        """Estimate the largest score matrix up front: full softmax needs one row per position and item."""
+        columns = n_items if self.settings.loss == "cross-entropy" else self.settings.n_sample + 1
+        positions = self.settings.batch_size * longest
+        gib = positions * columns * 4 * 3 / 2**30  # scores, their softmax and its gradient, float32
+        log.info("largest score matrix: %d positions x %d columns, about %.2f GiB with its gradient", positions, columns, gib)
+        if gib > 4 and self.settings.loss == "cross-entropy":
+            log.warning(
+                "full-softmax cross-entropy over %d items needs about %.1f GiB per mini-batch; "
+                "loss=sampled-softmax (with n_sample negatives) or a smaller batch_size/max_len needs far less",
+                n_items, gib,
+            )
 
     def batches(self, epoch: int) -> list[np.ndarray]:
         """This epoch's mini-batches of window indices: shuffled, length-bucketed, in shuffled order."""
