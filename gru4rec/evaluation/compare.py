@@ -20,11 +20,13 @@ import numpy as np
 
 from gru4rec.data.sessions import ItemMap, read_events
 from gru4rec.evaluation.baselines import TrainSet, fit_baseline, load_train_set, parse_baseline_spec
-from gru4rec.evaluation.protocol import DEFAULT_CUTOFFS, EvalResult, ModelScorer, check_cutoffs, evaluate_file
+from gru4rec.evaluation.protocol import DEFAULT_CUTOFFS, EvalResult, check_cutoffs, evaluate_file
+from gru4rec.evaluation.scorers import model_scorer
 from gru4rec.evaluation.reports import comparison_markdown, plot_metrics
 from gru4rec.foundation.atomic import OutputKind, atomic_dir
 from gru4rec.foundation.devices import resolve_device
 from gru4rec.foundation.errors import UserError
+from gru4rec.model.architectures import ALL
 from gru4rec.model.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -59,10 +61,14 @@ class EvalOptions:
 
 
 def model_entry(path: str | os.PathLike[str], device, label: str | None = None) -> Entry:
-    """A trained model directory as an entry."""
-    checkpoint = load_checkpoint(path, device)
-    info = {"model": str(path), "hyperparameters": checkpoint.hyperparameters}
-    return Entry(label or str(path), ModelScorer(checkpoint.model), checkpoint.item_map, checkpoint.item_counts, info)
+    """A trained model directory (of any architecture) as an entry."""
+    checkpoint = load_checkpoint(path, device, architectures=ALL)
+    epochs = (checkpoint.metadata.get("training") or {}).get("epochs") or []
+    info = {
+        "model": str(path), "architecture": checkpoint.architecture, "hyperparameters": checkpoint.hyperparameters,
+        "train_seconds": round(sum(float(e.get("seconds", 0.0)) for e in epochs), 1),
+    }
+    return Entry(label or str(path), model_scorer(checkpoint.model), checkpoint.item_map, checkpoint.item_counts, info)
 
 
 def baseline_entry(spec: str, train: TrainSet, label: str | None = None) -> Entry:

@@ -30,6 +30,7 @@ import torch
 
 import gru4rec
 from gru4rec.foundation.atomic import OutputKind, atomic_dir
+from gru4rec.model.architectures import ARCHITECTURES, architecture_of, build_network
 from gru4rec.model.config import ARCHITECTURE, MODEL_FIELDS, ModelConfig
 from gru4rec.data.sessions import ItemMap
 from gru4rec.foundation.errors import ModelUnavailable, UserError
@@ -49,7 +50,7 @@ REQUIRED_METADATA = {1: ("hyperparameters", "item_ids", "item_counts"), 2: ("mod
 
 @dataclass
 class Checkpoint:
-    model: GRU4Rec
+    model: GRU4Rec  # or another registered architecture's network (see model.architectures)
     item_map: ItemMap
     item_counts: np.ndarray
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -57,6 +58,10 @@ class Checkpoint:
     @property
     def config(self) -> ModelConfig:
         return self.model.config
+
+    @property
+    def architecture(self) -> str:
+        return architecture_of(self.model)
 
     @property
     def training_settings(self) -> dict[str, Any]:
@@ -102,7 +107,7 @@ def save_checkpoint(
         "model_version": created,
         "created": created,
         "n_items": len(item_map),
-        "model": {"architecture": ARCHITECTURE, **model.config.to_dict()},
+        "model": {"architecture": architecture_of(model), **model.config.to_dict()},
         "libraries": library_versions(),
         "training": training,
         "item_ids": [str(i) for i in item_map.ids],
@@ -188,8 +193,14 @@ def _check_training(metadata: dict[str, Any], meta_path: Path) -> None:
             raise ModelUnavailable(f"{meta_path}: {name}.{nulls[0]} is null")
 
 
-def model_config(metadata: dict[str, Any], source: Path | str) -> ModelConfig:
-    """The network's configuration recorded in metadata (format 2: "model"; format 1: "hyperparameters")."""
+def model_config(
+    metadata: dict[str, Any], source: Path | str, architectures: tuple[str, ...] = (ARCHITECTURE,)
+) -> ModelConfig:
+    """The network's configuration recorded in metadata (format 2: "model"; format 1: "hyperparameters").
+
+    A model of an architecture outside `architectures` is refused (ModelUnavailable).
+    """
+    architecture = ARCHITECTURE
     if metadata.get("format_version") == 1:
         table = "hyperparameters"
         values = {k: v for k, v in (metadata.get("hyperparameters") or {}).items() if k in MODEL_FIELDS}
@@ -197,22 +208,29 @@ def model_config(metadata: dict[str, Any], source: Path | str) -> ModelConfig:
         table = "model"
         values = dict(metadata.get("model") or {})
         architecture = values.pop("architecture", ARCHITECTURE)
-        if architecture != ARCHITECTURE:
-            raise ModelUnavailable(f"{source}: a {architecture!r} model, not {ARCHITECTURE!r}")
-    unknown = sorted(set(values) - set(MODEL_FIELDS))
+        if architecture not in architectures:
+            raise ModelUnavailable(f"{source}: a {architecture!r} model; this command reads {', '.join(map(repr, architectures))} models")
+    if architecture not in ARCHITECTURES:
+        raise ModelUnavailable(f"{source}: unknown architecture {architecture!r}")
+    arch = ARCHITECTURES[architecture]
+    unknown = sorted(set(values) - set(arch.fields))
     if unknown:
         raise ModelUnavailable(f"{source}: unknown model setting(s) {', '.join(unknown)}")
+    types = _field_types(arch.config_class)
     for name, value in values.items():
-        if not _has_type(value, _MODEL_TYPES[name]):
-            raise ModelUnavailable(f"{source}: {table}.{name} is {json.dumps(value)}, expected {_TYPE_NAMES[_MODEL_TYPES[name]]}")
+        if not _has_type(value, types[name]):
+            raise ModelUnavailable(f"{source}: {table}.{name} is {json.dumps(value)}, expected {_TYPE_NAMES[types[name]]}")
     try:
-        return ModelConfig(**values)
+        return arch.config_class(**values)
     except (TypeError, ValueError, UserError) as exc:
         raise ModelUnavailable(f"{source}: {table}: {exc}") from None
 
 
-_MODEL_TYPES = {f.name: type(f.default) for f in dataclasses.fields(ModelConfig)}
-_TYPE_NAMES = {tuple: "a list of layer sizes", int: "an integer", bool: "true or false", float: "a number"}
+_TYPE_NAMES = {tuple: "a list of layer sizes", int: "an integer", bool: "true or false", float: "a number", str: "a text"}
+
+
+def _field_types(config_class: type) -> dict[str, type]:
+    return {f.name: type(f.default) for f in dataclasses.fields(config_class)}
 
 
 def _has_type(value: Any, kind: type) -> bool:
@@ -231,14 +249,17 @@ def training_settings(metadata: dict[str, Any]) -> dict[str, Any]:
     return dict((metadata.get("training") or {}).get("settings") or {})
 
 
-def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Checkpoint:
-    """The model in a directory, refusing damaged metadata, foreign or damaged weights and
-    non-finite weights (a diverged model is never evaluated, warm-started or served)."""
+def load_checkpoint(
+    path: str | os.PathLike[str], device: str | torch.device = "cpu", architectures: tuple[str, ...] = (ARCHITECTURE,)
+) -> Checkpoint:
+    """The model in a directory, refusing damaged metadata, foreign or damaged weights and non-finite
+    weights (a diverged model is never evaluated, warm-started or served). `architectures` are the
+    kinds of network the caller can run; others are refused."""
     path = Path(path)
     metadata = read_metadata(path)
-    config = model_config(metadata, path / METADATA_FILE)
+    config = model_config(metadata, path / METADATA_FILE, architectures)
     item_map = ItemMap.from_ids(metadata["item_ids"])
-    model = GRU4Rec(len(item_map), config)
+    model = build_network(len(item_map), config)
     state = load_weights(path / MODEL_FILE, device)
     _check_shapes(state, model, path / MODEL_FILE)
     model.load_state_dict(state)

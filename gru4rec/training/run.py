@@ -17,8 +17,9 @@ import torch
 from torch import Tensor
 
 from gru4rec.data.sessions import ItemMap, Sessions, load_eval_data, load_training_data
-from gru4rec.evaluation.protocol import DEFAULT_CUTOFFS, ModelScorer, check_metric, evaluate
-from gru4rec.foundation.devices import resolve_device
+from gru4rec.evaluation.protocol import DEFAULT_CUTOFFS, check_metric, evaluate
+from gru4rec.evaluation.scorers import model_scorer
+from gru4rec.foundation.devices import resolve_device, torch_threads
 from gru4rec.foundation.errors import UserError
 from gru4rec.foundation.atomic import check_output_dir
 from gru4rec.model.checkpoint import (
@@ -37,6 +38,7 @@ from gru4rec.model.checkpoint import (
 )
 from gru4rec.model.network import GRU4Rec
 from gru4rec.training import distributed as ddp
+from gru4rec.training import sasrec
 from gru4rec.training.params import HyperParams
 from gru4rec.training.trainer import EpochStats, Trainer
 from gru4rec.training.warm_start import check_compatible, warm_start_model, warm_start_optimizer_state
@@ -77,6 +79,8 @@ def train(
     job: it trains on its shard of the sessions, and rank 0 validates and writes MODEL_DIR.
     """
     opts = TrainOptions(**options)
+    if params.architecture == sasrec.ARCHITECTURE:
+        sasrec.check_options(opts)
     dev = resolve_device(opts.device)
     ctx = ddp.init_from_env(dev.type) if opts.distributed else None
     if ctx is not None and dev.type == "cuda":
@@ -135,7 +139,7 @@ class _Validation:
     def score(self, model: GRU4Rec, device: torch.device, batch_size: int) -> dict[str, float]:
         model.eval()
         result = evaluate(
-            ModelScorer(model), self.sessions, self.cutoffs, ties="conservative", batch_size=batch_size,
+            model_scorer(model), self.sessions, self.cutoffs, ties="conservative", batch_size=batch_size,
             device=device, n_unknown=self.n_unknown, list_metrics=False,
         )
         return result.metrics
@@ -143,6 +147,8 @@ class _Validation:
 
 def _make_trainer(data: _Data, params: HyperParams, opts: TrainOptions, dev: torch.device, ctx) -> tuple[Trainer, dict | None]:
     """The trainer (this rank's shard when distributed), warm-started when there is a base model."""
+    if params.architecture == sasrec.ARCHITECTURE:
+        return sasrec.SASRecTrainer(params, data.sessions, data.counts, dev, opts.seed, threads=opts.threads), None
     model, warm = None, None
     if data.base is not None:
         model, warm = warm_start_model(data.base, data.item_map, params.model)
@@ -227,7 +233,8 @@ class _Run:
     def _validate(self, epoch: int, stats: EpochStats) -> None:
         if self.validation is None:
             return
-        stats.valid = self.validation.score(self.trainer.model, self.device, self.opts.eval_batch_size)
+        with torch_threads(self.trainer.threads):  # as many threads as training (more collapse on a busy CPU)
+            stats.valid = self.validation.score(self.trainer.model, self.device, self.opts.eval_batch_size)
         value = stats.valid[self.validation.metric]
         if self.best is None or value > self.best.value:
             self.best = _Best(value, epoch, copy.deepcopy(self.trainer.model.state_dict()))
@@ -270,8 +277,8 @@ class _Run:
         state = load_resume_state(out_dir, dev)
         if state is None:
             raise UserError(f"{out_dir}: nothing to resume (the run there finished, or never wrote an epoch)")
-        recorded = {**model_config(metadata, out_dir).to_dict(), **training_settings(metadata)}
-        if recorded != self.params.to_dict():
+        recorded = {**model_config(metadata, out_dir, (self.params.architecture,)).to_dict(), **training_settings(metadata)}
+        if recorded != {k: v for k, v in self.params.to_dict().items() if k != "architecture"}:
             raise UserError(f"{out_dir}: was trained with other parameters; resume with the same --params/--set")
         if list(metadata["item_ids"]) != [str(i) for i in self.data.item_map.ids]:
             raise UserError(f"{out_dir}: was trained on another training file; resume with the same TRAIN")
@@ -297,7 +304,7 @@ class _Run:
 
 
 @torch.no_grad()
-def check_not_diverged(model: GRU4Rec, epoch: int, out_dir: Path) -> None:
+def check_not_diverged(model: torch.nn.Module, epoch: int, out_dir: Path) -> None:
     """Stop a run whose epoch left garbage: weights that are not finite, or a network whose steps or
     scores overflow float32 (learning_rate=1e30 leaves finite weights near 1e30 whose scores are NaN).
 
@@ -312,7 +319,7 @@ def check_not_diverged(model: GRU4Rec, epoch: int, out_dir: Path) -> None:
     was_training = model.training
     model.eval()
     try:
-        device = model.Wy.weight.device
+        device = next(model.parameters()).device
         items = torch.arange(min(model.n_items, PROBE_ITEMS), device=device)
         outputs = [_probe(model, items)] + [_probe(model, items[i : i + 1]) for i in range(len(items))]
     finally:
@@ -324,12 +331,12 @@ def check_not_diverged(model: GRU4Rec, epoch: int, out_dir: Path) -> None:
         )
 
 
-def _probe(model: GRU4Rec, items: Tensor) -> Tensor:
-    """States after two steps and the scores of every item, side by side."""
-    state = torch.zeros(len(items), sum(model.layer_sizes), device=items.device)
-    state = model.step_packed(items, state)
-    state = model.step_packed(items.roll(1), state)
-    return torch.cat([state, model.score(state[:, -model.layer_sizes[-1] :])], dim=1)
+def _probe(model: torch.nn.Module, items: Tensor) -> Tensor:
+    """The scores of every item after two clicks per row (a non-finite state shows in the scores),
+    through the same scorer evaluation uses, so any architecture can be probed."""
+    scorer = model_scorer(model)
+    state = scorer.step(scorer.begin(len(items)), items)
+    return scorer.score(scorer.step(state, items.roll(1)))
 
 
 def _summary(train_path, data: _Data, params: HyperParams, opts: TrainOptions, dev, ctx, validating: bool) -> dict[str, Any]:

@@ -46,7 +46,7 @@ from typing import Any
 
 from gru4rec.foundation.atomic import OutputKind, check_output_dir, claim_dir, scratch_dir
 from gru4rec.foundation.errors import UserError
-from gru4rec.training.params import FIELDS, HyperParams, from_mapping
+from gru4rec.training.params import HyperParams, from_mapping
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ class SearchSpace:
     source: str
     fixed: dict[str, Any] = field(default_factory=dict)
     dimensions: tuple[Dimension, ...] = ()
+    base: Any = None  # the parameters the space leaves alone (HyperParams or SASRecParams)
 
 
 def _tidy(value: Any) -> Any:
@@ -137,10 +138,14 @@ def load_space(name_or_file: str, base: HyperParams | None = None) -> SearchSpac
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{source}: not valid TOML ({exc})") from None
-    base = base or HyperParams()
+    architecture = data.get("architecture", HyperParams.architecture)
+    base = base or from_mapping({"architecture": architecture}, source=source)
+    if architecture != base.architecture:
+        raise UserError(f"{source}: a {architecture} space, but --params names {base.architecture} parameters")
+    known = set(base.to_dict()) | {"architecture"}
     for name in data:
-        if name not in FIELDS:
-            from_mapping({name: None}, source=source)  # raises the usual 'unknown parameter' message
+        if name not in known:  # raises the usual 'unknown parameter' message
+            from_mapping({"architecture": architecture, name: None}, source=source)
     fixed = {name: spec for name, spec in data.items() if not isinstance(spec, dict)}
     dims = []
     for name, spec in data.items():
@@ -154,7 +159,7 @@ def load_space(name_or_file: str, base: HyperParams | None = None) -> SearchSpac
         base.replace(**fixed)
     except UserError as exc:
         raise UserError(f"{source}: {exc}") from None
-    return SearchSpace(source, fixed, tuple(dims))
+    return SearchSpace(source, fixed, tuple(dims), base)
 
 
 _ALLOWED_KEYS = {
@@ -262,7 +267,7 @@ def tune(
 
     out = check_output_dir(out_dir, TUNE_OUTPUT, replace=False)
     _check_inputs(train_path, valid_path, n_trials, timeout, metric, device, seed)
-    base = base or HyperParams()
+    base = base or space.base or HyperParams()
     if storage is None:  # else the study opens first: a bad --storage leaves no empty --out behind
         claim_dir(out, TUNE_OUTPUT)
     storage = storage or f"sqlite:///{out / 'study.db'}"
