@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from data_prep.readers import ColumnMap, Ids, RawLog, read_log
-from gru4rec.foundation.atomic import atomic_dir, atomic_file, default_permissions
+from gru4rec.foundation.atomic import OutputKind, atomic_dir, atomic_file, check_output_dir, default_permissions
 from gru4rec.foundation.errors import UserError
 from gru4rec.foundation.logs import progress
 from gru4rec.foundation.memory import release_arrow_memory, resident_memory
@@ -584,14 +584,14 @@ def write_outputs(prepared: Prepared, out_dir: Path, stats: dict, parquet: bool)
         fh.write("\n")
 
 
+PREPARE_OUTPUT = OutputKind(
+    "prepared data directory", "gru4rec prepare",
+    frozenset({f"{name}{ext}" for name in SPLITS for ext in (".tsv", ".parquet")} | {"stats.json"}), "stats.json",
+)
+
+
 def _check_out_dir(out: Path, input_path: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a directory; --out names the output directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / "stats.json").exists():
-        raise UserError(
-            f"{out}: exists, is not empty and is not the output of an earlier `gru4rec prepare` (no stats.json); "
-            f"refusing to replace it, choose another --out"
-        )
+    check_output_dir(out, PREPARE_OUTPUT)
     try:
         if input_path.resolve().is_relative_to(out.resolve()):
             raise UserError(f"{out}: the input file {input_path} lies inside --out, which would be replaced")
@@ -630,7 +630,7 @@ def prepare(
         "boundaries": {k: {"time": v, "utc": _utc(v)} for k, v in prepared.boundaries.items()},
         "splits": {name: split_stats(prepared.splits[name], prepared.n_items) for name in SPLITS},
     }
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, PREPARE_OUTPUT) as tmp:
         write_outputs(prepared, tmp, stats, parquet)
         default_permissions(tmp)
     log.info("wrote %s (%.1f s)", out, time.perf_counter() - t0)

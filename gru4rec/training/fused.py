@@ -176,16 +176,7 @@ class FusedStep:
         embed_mask = dropout_mask(x, self.p_embed)
         if embed_mask is not None:
             x = x * embed_mask
-        saved = []
-        new_hidden: Hidden = []
-        for cell, h in zip(model.cells, hidden):
-            gi = ops.mm(x, cell.weight_ih.t(), cell.bias_ih)
-            gh = ops.mm(h, cell.weight_hh.t(), cell.bias_hh)
-            mask = dropout_mask(h, self.p_hidden)
-            rz, n, out = ops.gru_forward(gi, gh, h, mask)
-            saved.append((x, h, rz, n, gh, mask))
-            new_hidden.append(out)
-            x = out
+        x, saved, new_hidden = self._gru_forward(x, hidden)
         # the output layer and the loss, forward and backward
         scale = 1.0 / self.batch_size
         if self.loss_name == "cross-entropy":
@@ -214,6 +205,19 @@ class FusedStep:
             dE = torch.zeros(len(E_rows), dx.shape[1], dtype=dx.dtype, device=dx.device).index_add_(0, E_inverse, dx)
             grads.sparse += [(model.E.weight, E_rows, dE), (Wy, rows, dW_rows), (By, rows, db_rows.unsqueeze(1))]
         return loss, new_hidden, grads
+
+    def _gru_forward(self, x: Tensor, hidden: Hidden) -> tuple[Tensor, list[tuple], Hidden]:
+        """The GRU layers forward: (last output, what each layer's backward needs, new hidden)."""
+        ops, saved, new_hidden = self.ops, [], []
+        for cell, h in zip(self.model.cells, hidden):
+            gi = ops.mm(x, cell.weight_ih.t(), cell.bias_ih)
+            gh = ops.mm(h, cell.weight_hh.t(), cell.bias_hh)
+            mask = dropout_mask(h, self.p_hidden)
+            rz, n, out = ops.gru_forward(gi, gh, h, mask)
+            saved.append((x, h, rz, n, gh, mask))
+            new_hidden.append(out)
+            x = out
+        return x, saved, new_hidden
 
     def _output_autograd(
         self, x: Tensor, W_rows: Tensor, b_rows: Tensor, col_of: Tensor, log_q: Tensor | None, scale: float
