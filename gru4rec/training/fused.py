@@ -198,7 +198,7 @@ class FusedStep:
 
     def _forward(self, x: Tensor, hidden: Hidden) -> tuple[list[_Layer], Hidden]:
         """The GRU layers, keeping what the backward pass needs; draws the masks in the eager step's order."""
-        embed_mask = dropout_mask(x, self.p_embed)
+        embed_mask = self._mask(x, self.p_embed)
         self.masks = [embed_mask]
         if embed_mask is not None:
             x = x * embed_mask
@@ -207,13 +207,16 @@ class FusedStep:
         for cell, h in zip(self.model.cells, hidden):
             gi = torch.addmm(cell.bias_ih, x, cell.weight_ih.t())
             gh = torch.addmm(cell.bias_hh, h, cell.weight_hh.t())
-            mask = dropout_mask(h, self.p_hidden)
+            mask = self._mask(h, self.p_hidden)
             self.masks.append(mask)
             rz, n, out = self.ops.gru_forward(gi, gh, h, mask)
             layers.append(_Layer(x, h, rz, n, gh, mask))
             new_hidden.append(out)
             x = out
         return layers, new_hidden
+
+    def _mask(self, like: Tensor, p: float) -> Tensor | None:
+        return dropout_mask(like, p)
 
     def _output(self, x: Tensor, rows: _Rows, log_q: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """The output layer and the loss, forward and backward: (loss, dx, dW_rows, db_rows)."""
