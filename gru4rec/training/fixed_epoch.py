@@ -34,8 +34,10 @@ class FixedEpoch:
         self.loss_sum = torch.zeros((), device=device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.side = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.capturable = device.type == "cuda"  # a CPU runs the body itself: nothing to launch at once
         self.host_t = self.host_k = self.in_block = 0
         self.warmed = 0  # steps run without the graph
+        self.block_origin: dict = {}  # where the sampler's stream stood before the current block
 
     @property
     def n_steps(self) -> int:
@@ -65,6 +67,7 @@ class FixedEpoch:
         if self.host_k < self.in_block:
             return
         n = 1 if one else min(len(self.block), self.n_steps - self.host_t)
+        self.block_origin = self.sampler.state_dict()
         self.block[:n].copy_(self.sampler.take(n))
         self.k.zero_()
         self.host_k, self.in_block = 0, n
@@ -85,6 +88,9 @@ class FixedEpoch:
         self.host_t += 1
         self.host_k += 1
 
+    def wants_capture(self, warmup: int) -> bool:
+        return self.capturable and self.graph is None and self.warmed >= warmup
+
     def capture(self) -> None:
         """Record the body as a CUDA graph (after warm-up steps); raises what capture raises."""
         graph = torch.cuda.CUDAGraph()
@@ -100,6 +106,14 @@ class FixedEpoch:
         negatives = self.block[self.host_k]
         targets = self.items.index_select(0, pos + 1)
         return Batch(self.items.index_select(0, pos), targets, negatives, self.step.log_q(targets, negatives), valid)
+
+    def rewind_negatives(self) -> None:
+        """Put the sampler back to where the next step's negatives come from (the rest of the block
+        unused), so that another step can take over the stream exactly."""
+        if self.block_origin and self.host_k < self.in_block:
+            self.sampler.load_state_dict(self.block_origin)
+            self.sampler.take(self.host_k)
+        self.in_block = self.host_k = 0
 
     def live_hidden(self, t: int) -> Hidden:
         """The slots' state after step t, compacted to the rows step t fed (as the variable-size steps keep it)."""

@@ -53,8 +53,11 @@ class TorchOps:
     def __init__(self, n_items: int, device: torch.device) -> None:
         self.slot = torch.full((n_items,), -1, dtype=torch.long, device=device)
 
-    def distinct(self, ids: Tensor, first_late: int) -> tuple[Tensor, Tensor, Tensor]:
-        """Distinct ids (rows), where each id went (inverse), and which rows occur at or after first_late.
+    def distinct(
+        self, ids: Tensor, first_late: int, W: Tensor | None = None, b: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+        """Distinct ids (rows), where each id went (inverse), which rows occur at or after first_late,
+        and (given tables W and b) those rows of W and b.
 
         Sort-free: torch.unique sorts (about 100 us for 2,000 ids on a CPU core); marking rows in a
         per-item slot table costs a third of that.
@@ -67,7 +70,9 @@ class TorchOps:
         rows, inverse = ids[first], compact.index_select(0, representative)
         late = torch.zeros(len(rows), dtype=torch.bool, device=ids.device)
         late[inverse[first_late:]] = True
-        return rows, inverse, late
+        if W is None or b is None:
+            return rows, inverse, late, None, None
+        return rows, inverse, late, W.index_select(0, rows), b.index_select(0, rows)
 
     @staticmethod
     def gru_forward(gi: Tensor, gh: Tensor, h: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
@@ -171,30 +176,43 @@ class FusedStep:
     @torch.no_grad()
     def __call__(self, inputs: Tensor, columns: Tensor, hidden: Hidden, log_q: Tensor | None = None) -> tuple[Tensor, Hidden]:
         """Train on one mini-batch whose targets are columns[:B]; returns (loss, new hidden)."""
-        loss, hidden, grads = self.gradients(inputs, columns, hidden, log_q)
-        self.opt.apply(grads)
-        return loss, hidden
+        rows, loss, new_hidden, dense_grads, dx, dW_rows, db_rows = self._compute(inputs, columns, hidden, log_q)
+        if isinstance(self.ops, native.NativeOps) and self.model.E is None:
+            # the item rows' update in one compiled pass (the input gradients folded in)
+            self.opt.dense_update(self.dense, dense_grads)
+            native.output_rows_update(self.opt, self.model.Wy.weight, self.model.By.weight, rows.rows, dW_rows,
+                                      db_rows, rows.is_column.view(torch.uint8), rows.inverse[: len(inputs)], dx)
+        else:
+            self.opt.apply(self._gradients(inputs, rows, dense_grads, dx, dW_rows, db_rows))
+        return loss, new_hidden
 
     @torch.no_grad()
     def gradients(
         self, inputs: Tensor, columns: Tensor, hidden: Hidden, log_q: Tensor | None = None
     ) -> tuple[Tensor, Hidden, Gradients]:
-        """Forward and backward for one mini-batch: (loss, new hidden, gradients by hand)."""
+        """Forward and backward for one mini-batch: (loss, new hidden, gradients by hand), for callers
+        that combine gradients before the update (distributed training)."""
+        rows, loss, new_hidden, dense_grads, dx, dW_rows, db_rows = self._compute(inputs, columns, hidden, log_q)
+        return loss, new_hidden, self._gradients(inputs, rows, dense_grads, dx, dW_rows, db_rows)
+
+    def _compute(self, inputs: Tensor, columns: Tensor, hidden: Hidden, log_q: Tensor | None):
+        """Forward and backward: the rows, loss, new hidden, dense gradients, d input embedding, d rows."""
         rows = self._rows(inputs, columns)
-        x = rows.W.index_select(0, rows.inverse[: len(inputs)]) if self.model.E is None else self.model.E.weight.index_select(0, inputs)
+        table = rows.W if self.model.E is None else self.model.E.weight
+        x = table.index_select(0, rows.inverse[: len(inputs)] if self.model.E is None else inputs)
         layers, new_hidden = self._forward(x, hidden)
         loss, dx, dW_rows, db_rows = self._output(new_hidden[-1], rows, log_q)
         dense_grads, dx = self._backward(dx, layers)
-        return loss, new_hidden, self._gradients(inputs, rows, dense_grads, dx, dW_rows, db_rows)
+        return rows, loss, new_hidden, dense_grads, dx, dW_rows, db_rows
 
     def _rows(self, inputs: Tensor, columns: Tensor) -> _Rows:
         """Work on each distinct item row once: the sampled columns repeat popular items many times."""
         shared, b = self.model.E is None, len(inputs)
         ids = torch.cat([inputs, columns]) if shared else columns
-        rows, inverse, is_column = self.ops.distinct(ids, b if shared else 0)
-        W, By = self.model.Wy.weight, self.model.By.weight
+        Wy, By = self.model.Wy.weight, self.model.By.weight
+        rows, inverse, is_column, W, bias = self.ops.distinct(ids, b if shared else 0, Wy, By.view(-1))
         col_of = inverse[b:] if shared else inverse
-        return _Rows(rows, inverse, is_column, col_of, W.index_select(0, rows), By.index_select(0, rows).squeeze(1))
+        return _Rows(rows, inverse, is_column, col_of, W, bias)
 
     def _forward(self, x: Tensor, hidden: Hidden) -> tuple[list[_Layer], Hidden]:
         """The GRU layers, keeping what the backward pass needs; draws the masks in the eager step's order."""

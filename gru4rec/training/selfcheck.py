@@ -59,9 +59,13 @@ class Snapshot:
 
 def difference(name: str, fast: Tensor, eager: Tensor, before: Tensor | None = None) -> str | None:
     """Why fast and eager differ beyond rounding, or None. With `before`, relative to eager's change."""
-    fast, eager = fast.detach().double(), eager.detach().double()
     if not bool(torch.isfinite(fast).all()) and bool(torch.isfinite(eager).all()):
         return f"{name} is not finite"
+    if before is not None:  # what the eager step left exactly as it was, the fast step must not move
+        untouched = eager == before
+        if bool((fast[untouched] != before[untouched]).any()):
+            return f"{name} changed where the eager step left it untouched"
+    fast, eager = fast.detach().double(), eager.detach().double()
     scale = (eager - before.double()).abs().max() if before is not None else eager.abs().max()
     gap = (fast - eager).abs().max() if fast.numel() else torch.zeros(())
     if float(gap) > RELATIVE * float(scale) + 1e-7:

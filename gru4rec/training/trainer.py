@@ -164,10 +164,10 @@ class Trainer:
 
     def _fused(self, batch: Batch, hidden: Hidden) -> tuple[Tensor, Hidden]:
         assert self.fused is not None
+        if self.reducer is None:
+            return self.fused(batch.inputs, batch.columns, hidden, batch.log_q)
         loss, hidden, grads = self.fused.gradients(batch.inputs, batch.columns, hidden, batch.log_q)
-        if self.reducer is not None:
-            grads = self.reducer.reduce(grads)
-        self.optimizers[0].apply(grads)
+        self.optimizers[0].apply(self.reducer.reduce(grads))
         return loss, hidden
 
     def _checked_fused(self, batch: Batch, hidden: Hidden) -> tuple[Tensor, Hidden]:
@@ -244,7 +244,7 @@ class Trainer:
         run = self._fixed_runner()
         run.begin()
         for t in range(run.n_steps):
-            if run.side is not None and run.graph is None and run.warmed >= WARMUP_STEPS and not self._capture(run):
+            if run.wants_capture(WARMUP_STEPS) and not self._capture(run):
                 return self._hand_over(tally, run, t)
             if self.checks_left > 0:
                 passed = self._checked_fixed(run)
@@ -259,6 +259,7 @@ class Trainer:
     def _hand_over(self, tally: _Tally, run: FixedEpoch, t: int) -> None:
         """Continue the epoch at step t with the eager step, from the state the fixed step left."""
         tally.loss_sum += run.loss_sum
+        run.rewind_negatives()
         self._variable_epoch(tally, skip=t, hidden=run.live_hidden(t - 1))
 
     def _fixed_runner(self) -> FixedEpoch:
@@ -267,7 +268,7 @@ class Trainer:
             step = fixed_step.FixedStep(self.model, self.optimizers[0], self.settings, self.loss_fn, self.log_counts,
                                         schedule.n_slots, compact_masks=self.device.type != "cuda")
             self.fixed = FixedEpoch(step, schedule, self.items, self.sampler)
-            if self.fixed.side is not None and self.checks_left > 0:
+            if self.fixed.capturable and self.checks_left > 0:
                 self.checks_left += WARMUP_STEPS  # the warm-up steps and the graph's first replays are checked
         return self.fixed
 

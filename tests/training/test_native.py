@@ -14,7 +14,7 @@ from gru4rec.training.params import HyperParams
 from gru4rec.data.sessions import Sessions
 from gru4rec.training.fused import FusedStep, TorchOps
 from gru4rec.training.losses import OutputLoss
-from gru4rec.training.optim import AdagradMomentum
+from gru4rec.training.optim import AdagradMomentum, Gradients
 from gru4rec.training.trainer import Trainer
 
 CPU = torch.device("cpu")
@@ -39,12 +39,15 @@ def close(a: torch.Tensor, b: torch.Tensor, tol: float = 2e-5) -> bool:
 def test_distinct_rows(ops):
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 500, (700,), generator=gen)
+    W, b = torch.randn(500, 7, generator=gen), torch.randn(500, generator=gen)
     for impl in (ops, TORCH):
-        rows, inverse, late = impl.distinct(ids, 40)
+        rows, inverse, late, W_rows, b_rows = impl.distinct(ids, 40, W, b)
         assert torch.equal(rows[inverse], ids)  # every id maps to its row
         assert len(set(rows.tolist())) == len(rows) == len(set(ids.tolist()))
         assert set(rows[late].tolist()) == set(ids[40:].tolist())  # rows that occur among the late ids
-    rows, _, _ = ops.distinct(ids, 40)
+        assert torch.equal(W_rows, W[rows]) and torch.equal(b_rows, b[rows])  # the rows' copies
+        assert impl.distinct(ids, 40)[3:] == (None, None)
+    rows, _, _, _, _ = ops.distinct(ids, 40)
     first = [int(i) for i in dict.fromkeys(ids.tolist())]
     assert rows.tolist() == first  # native: order of first appearance
     assert torch.equal(ops.slot, torch.full((500,), -1))  # the slot table is left clean for the next step
@@ -248,3 +251,42 @@ def test_out_of_range_indices_raise_instead_of_corrupting_memory(ops):
     with pytest.raises(IndexError):
         native.adagrad_rows(p, torch.zeros(4, 2), None, torch.tensor([1, 4]), torch.ones(2, 2), 0.1, 0.0, 1e-6)
     assert torch.equal(p, torch.zeros(4, 2))  # nothing was updated
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.4])
+def test_output_rows_update_is_the_optimiser_update(momentum):
+    """One pass for the shared-mode item rows: W rows get dW plus the inputs' gradients (inputs
+    repeat), bias rows only where they are score columns; the same as AdagradMomentum on Gradients."""
+    gen = torch.Generator().manual_seed(8)
+    W, b = torch.randn(30, 6, generator=gen), torch.randn(30, 1, generator=gen)
+    rows = torch.tensor([4, 0, 17, 29, 8])
+    dW, db = torch.randn(5, 6, generator=gen), torch.randn(5, generator=gen)
+    is_column = torch.tensor([1, 0, 1, 1, 0], dtype=torch.uint8)
+    in_row, dx = torch.tensor([1, 4, 1]), torch.randn(3, 6, generator=gen)
+    want_W, want_b = W.clone(), b.clone()
+    reference = AdagradMomentum([want_W, want_b], lr=0.1, momentum=momentum)
+    for _ in range(2):  # twice: the second update starts from non-zero state
+        g = dW.clone().index_add_(0, in_row, dx)
+        keep = is_column.bool()
+        reference.apply(Gradients(sparse=[(want_W, rows, g), (want_b, rows[keep], db[keep].unsqueeze(1))], unique=True))
+    opt = AdagradMomentum([W, b], lr=0.1, momentum=momentum)
+    for _ in range(2):
+        native.output_rows_update(opt, W, b, rows, dW.clone(), db, is_column, in_row, dx)
+    assert close(W, want_W, 1e-6) and close(b, want_b, 1e-6)
+    assert torch.equal(b[[0, 8]], want_b[[0, 8]])  # input-only items' biases untouched
+    for key in opt.state[W]:
+        assert close(opt.state[W][key], reference.state[want_W][key], 1e-6)
+
+
+def test_output_rows_update_refuses_bad_rows():
+    W, b = torch.zeros(4, 2), torch.zeros(4, 1)
+    opt = AdagradMomentum([W, b], lr=0.1)
+    args = (torch.ones(2, 2), torch.ones(2), torch.ones(2, dtype=torch.uint8))
+    with pytest.raises(IndexError):
+        native.output_rows_update(opt, W, b, torch.tensor([1, 4]), *args, torch.tensor([0]), torch.ones(1, 2))
+    with pytest.raises(IndexError):
+        native.output_rows_update(opt, W, b, torch.tensor([1, 2]), *args, torch.tensor([2]), torch.ones(1, 2))
+    with pytest.raises(ValueError):
+        native.output_rows_update(opt, W, b, torch.tensor([1, 2]), torch.ones(3, 2), *args[1:], torch.tensor([0]),
+                                  torch.ones(1, 2))
+    assert torch.equal(W, torch.zeros(4, 2)) and torch.equal(b, torch.zeros(4, 1))

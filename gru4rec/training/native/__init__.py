@@ -28,11 +28,15 @@ import subprocess
 import tempfile
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from gru4rec.training.losses import EPS, OutputLoss
+
+if TYPE_CHECKING:
+    from gru4rec.training.optim import AdagradMomentum
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +51,14 @@ _P = ctypes.c_void_p
 _I = ctypes.c_int64
 _F = ctypes.c_float
 _SIGNATURES = {
-    "g4r_distinct": (_I, [_P, _I, _I, _P, _I, _P, _P, _P]),
+    "g4r_distinct": (_I, [_P, _I, _I, _P, _I, _P, _P, _P, _P, _P, _I, _P, _P]),
     "g4r_gru_forward": (None, [_P, _P, _P, _P, _I, _I, _P, _P, _P]),
     "g4r_work_floats": (_I, [_I, _I, _I]),
     "g4r_xe_grad": (ctypes.c_double, [_P, _P, _P, _P, _I, _I, _I, _F, _F, _F, _P, _I, _P, _P]),
     "g4r_bprmax_grad": (ctypes.c_double, [_P, _P, _P, _I, _I, _I, _F, _F, _F, _F, _P, _I, _P, _P]),
     "g4r_gru_backward": (None, [_P, _P, _P, _P, _P, _P, _I, _I, _P, _P, _P, _P]),
     "g4r_adagrad_rows": (_I, [_P, _P, _P, _I, _P, _P, _I, _I, _F, _F, _F]),
+    "g4r_output_rows_update": (_I, [_P, _P, _P, _P, _P, _P, _I, _I, _P, _I, _P, _P, _P, _P, _P, _I, _F, _F, _F]),
 }
 
 
@@ -171,15 +176,28 @@ class NativeOps:
             self.work = torch.empty(need)
         return self.work
 
-    def distinct(self, ids: Tensor, first_late: int) -> tuple[Tensor, Tensor, Tensor]:
+    def distinct(
+        self, ids: Tensor, first_late: int, W: Tensor | None = None, b: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+        """fused.TorchOps.distinct: with W and b, their distinct rows are copied in the same pass."""
         n = len(ids)
         rows, inverse = torch.empty(n, dtype=_LONG), torch.empty(n, dtype=_LONG)
         late = torch.empty(n, dtype=torch.uint8)
+        W_rows = b_rows = None
+        D = 0
+        if W is not None and b is not None:
+            if W.shape[0] != len(self.slot) or b.numel() != len(self.slot):
+                raise ValueError(f"tables of {tuple(W.shape)} and {tuple(b.shape)} for {len(self.slot)} items")
+            D = W.shape[1]
+            W_rows, b_rows = torch.empty(n, D), torch.empty(n)
         m = self.lib.g4r_distinct(_ptr(ids, _LONG), n, first_late, _ptr(self.slot, _LONG), len(self.slot),
-                                  rows.data_ptr(), inverse.data_ptr(), late.data_ptr())
+                                  rows.data_ptr(), inverse.data_ptr(), late.data_ptr(), _ptr(W), _ptr(b), D,
+                                  _ptr(W_rows), _ptr(b_rows))
         if m < 0:
             raise IndexError(f"item index out of range [0, {len(self.slot)})")
-        return rows[:m], inverse, late[:m].bool()
+        if W_rows is not None and b_rows is not None:
+            W_rows, b_rows = W_rows[:m], b_rows[:m]
+        return rows[:m], inverse, late[:m].bool(), W_rows, b_rows
 
     def gru_forward(self, gi: Tensor, gh: Tensor, h: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         B, H = h.shape
@@ -245,3 +263,28 @@ def adagrad_rows(
     n_rows = len(p) if rows is not None else 1
     if lib.g4r_adagrad_rows(_ptr(p), _ptr(acc), _ptr(mom), n_rows, row_ptr, _ptr(grad), n, D, lr, momentum, eps) < 0:
         raise IndexError(f"row index out of range [0, {n_rows})")
+
+
+def output_rows_update(
+    opt: AdagradMomentum, W: Tensor, b: Tensor, rows: Tensor, dW_rows: Tensor, db_rows: Tensor, is_column: Tensor,
+    in_row: Tensor, dx: Tensor,
+) -> None:
+    """The shared-mode output table's AdagradMomentum update in one pass (see g4r_output_rows_update):
+    rows `rows` of W get dW_rows plus the input gradients dx (input i is row in_row[i]), and the bias
+    rows that are score columns get db_rows. dW_rows is consumed."""
+    lib = library()
+    assert lib is not None
+    state, b_state = opt.state_for(W), opt.state_for(b)
+    R, B = len(rows), len(in_row)
+    if dW_rows.shape != (R, W.shape[1]) or db_rows.numel() != R or is_column.numel() != R or dx.shape != (B, W.shape[1]):
+        raise ValueError(f"gradients {tuple(dW_rows.shape)}, {tuple(db_rows.shape)}, {tuple(dx.shape)} for {R} rows "
+                         f"of {tuple(W.shape)} and {B} inputs")
+    if b.numel() != len(W):
+        raise ValueError(f"bias of {tuple(b.shape)} for a table of {tuple(W.shape)}")
+    done = lib.g4r_output_rows_update(
+        _ptr(W), _ptr(state["acc"]), _ptr(state.get("mom")), _ptr(b), _ptr(b_state["acc"]), _ptr(b_state.get("mom")),
+        len(W), W.shape[1], _ptr(rows, _LONG), R, _ptr(dW_rows), _ptr(db_rows), _ptr(is_column, torch.uint8),
+        _ptr(in_row, _LONG), _ptr(dx), B, opt.lr, opt.momentum, opt.eps,
+    )
+    if done < 0:
+        raise IndexError(f"row index out of range [0, {len(W)}) or input row out of [0, {R})")

@@ -54,9 +54,12 @@ static inline float tanh_f32(float x) {
  * rows; returns m, or -1 (nothing written) when an id is outside [0, n_slots). `slot` has one
  * entry per item, all -1 on entry and again on return.
  * is_late[j] = 1 when row j occurs at some position >= first_late (the score columns, when the
- * first ids are a mini-batch's inputs). */
+ * first ids are a mini-batch's inputs). When W is given, also copies the distinct rows of W
+ * (n_slots x D) and of b (n_slots) to W_rows (m x D) and b_rows (m). */
 int64_t g4r_distinct(const int64_t *restrict ids, int64_t n, int64_t first_late, int64_t *restrict slot,
-                     int64_t n_slots, int64_t *restrict rows, int64_t *restrict inverse, uint8_t *restrict is_late) {
+                     int64_t n_slots, int64_t *restrict rows, int64_t *restrict inverse, uint8_t *restrict is_late,
+                     const float *restrict W, const float *restrict b, int64_t D, float *restrict W_rows,
+                     float *restrict b_rows) {
     for (int64_t i = 0; i < n; ++i)
         if (ids[i] < 0 || ids[i] >= n_slots) return -1;
     int64_t m = 0;
@@ -72,7 +75,13 @@ int64_t g4r_distinct(const int64_t *restrict ids, int64_t n, int64_t first_late,
         inverse[i] = s;
         if (i >= first_late) is_late[s] = 1;
     }
-    for (int64_t j = 0; j < m; ++j) slot[rows[j]] = -1;
+    for (int64_t j = 0; j < m; ++j) {
+        slot[rows[j]] = -1;
+        if (W) {
+            memcpy(W_rows + j * D, W + rows[j] * D, sizeof(float) * (size_t)D);
+            b_rows[j] = b[rows[j]];
+        }
+    }
     return m;
 }
 
@@ -321,6 +330,45 @@ int64_t g4r_adagrad_rows(float *restrict w, float *restrict acc, float *restrict
                 wr[j] += g[j] / sqrtf(ac + eps) * -lr;
             }
         }
+    }
+    return 0;
+}
+
+/* The output table's update for one mini-batch of the fused step, shared embedding mode: one pass
+ * over the step's distinct item rows rows[0..R) of W (n_rows x D, with Adagrad state acc and mom)
+ * and of the bias b (n_rows, state b_acc, b_mom). Row r's gradient is dW_rows[r] plus dx[i] for
+ * every mini-batch input i whose row is in_row[i] (the input embedding is W itself); the bias of a
+ * row is updated only when it is a score column (is_column[r]): an input-only item's bias is not
+ * touched, as in the eager step. dW_rows is consumed. mom and b_mom may be NULL (no momentum).
+ * Returns -1 (nothing updated) when an index is out of range, else 0. */
+int64_t g4r_output_rows_update(float *restrict W, float *restrict acc, float *restrict mom, float *restrict b,
+                               float *restrict b_acc, float *restrict b_mom, int64_t n_rows, int64_t D,
+                               const int64_t *restrict rows, int64_t R, float *restrict dW_rows,
+                               const float *restrict db_rows, const uint8_t *restrict is_column,
+                               const int64_t *restrict in_row, const float *restrict dx, int64_t B, float lr,
+                               float momentum, float eps) {
+    for (int64_t r = 0; r < R; ++r)
+        if (rows[r] < 0 || rows[r] >= n_rows) return -1;
+    for (int64_t i = 0; i < B; ++i)
+        if (in_row[i] < 0 || in_row[i] >= R) return -1;
+    for (int64_t i = 0; i < B; ++i) {
+        float *g = dW_rows + in_row[i] * D;
+        const float *d = dx + i * D;
+#pragma omp simd
+        for (int64_t j = 0; j < D; ++j) g[j] += d[j];
+    }
+    g4r_adagrad_rows(W, acc, mom, n_rows, rows, dW_rows, R, D, lr, momentum, eps);
+    for (int64_t r = 0; r < R; ++r) {
+        if (!is_column[r]) continue;
+        int64_t k = rows[r];
+        float g = db_rows[r], ac = b_acc[k] + g * g;
+        float u = g / sqrtf(ac + eps) * -lr;
+        b_acc[k] = ac;
+        if (b_mom) {
+            u += momentum * b_mom[k];
+            b_mom[k] = u;
+        }
+        b[k] += u;
     }
     return 0;
 }
