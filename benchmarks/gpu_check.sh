@@ -19,6 +19,10 @@ import importlib, sys
 missing = [m for m in ("torch", "numpy", "pandas", "pyarrow", "pytest") if importlib.util.find_spec(m) is None]
 if missing:
     sys.exit(f"gpu_check: missing Python packages: {', '.join(missing)}")
+try:  # what the check imports, so that a missing dependency shows here in one line, not mid-run
+    import data_prep.synth, gru4rec.evaluation.protocol, gru4rec.training.trainer  # noqa: F401
+except ImportError as exc:
+    sys.exit(f"gpu_check: cannot import the project ({exc}); install its dependencies (pyproject.toml)")
 import torch
 print(f"torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}, "
       f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}")

@@ -214,3 +214,28 @@ def test_native_kernels_flag_is_honoured_by_the_check(monkeypatch):
     assert trainer.kind == "fused"
     assert isinstance(trainer.fused.ops, native.NativeOps) == (native.library() is not None)
     assert isinstance(Batch(torch.zeros(1), torch.zeros(1), torch.zeros(0), None).columns, torch.Tensor)
+
+
+@pytest.mark.parametrize("step", ["auto", "eager"])
+def test_cli_logs_the_per_event_loss_with_a_batch_larger_than_the_data(step, tmp_path, caplog):
+    """The case of the report: batch_size=5000 on 2,717 sessions. Every session is one row of the
+    only mini-batch, so the first epoch's loss is about log(columns) = log(2,717 + 64) at the start;
+    divided by 5000 instead of 2,717 rows it used to log 0.54 of that. Through `gru4rec train`."""
+    from gru4rec.cli import main
+
+    n_sessions, n_sample = 2717, 64
+    lines = ["SessionId\tItemId\tTime"]
+    lines += [f"s{s}\titem{(s * 7 + k) % 500}\t{1e9 + 60 * s + k}" for s in range(n_sessions) for k in range(2)]
+    train_file = tmp_path / "train.tsv"
+    train_file.write_text("\n".join(lines) + "\n")
+    sets = {"batch_size": 5000, "layers": "[8]", "n_sample": n_sample, "sample_cache_size": 640,
+            "learning_rate": 1e-4, "n_epochs": 1}
+    argv = ["train", str(train_file), "--out", str(tmp_path / "m"), "--device", "cpu", "--step", step]
+    for key, value in sets.items():
+        argv += ["--set", f"{key}={value}"]
+    with caplog.at_level(logging.INFO):
+        assert main(argv) == 0
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch 1/1: loss ")]
+    assert len(logged) == 1, caplog.text
+    loss = float(logged[0].split()[3].rstrip(","))
+    assert loss == pytest.approx(math.log(n_sessions + n_sample), rel=0.02)
