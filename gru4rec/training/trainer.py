@@ -48,6 +48,10 @@ STEPS = ("auto", "fused", "eager", "fixed")  # "fixed" is for tests and benchmar
 WARMUP_STEPS = 3  # uncaptured steps before a CUDA graph is captured (as PyTorch asks)
 
 
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite during an epoch (the caller can say what its output still holds)."""
+
+
 @dataclass
 class EpochStats:
     epoch: int
@@ -334,8 +338,8 @@ class Trainer:
     def _check_finite(loss_sum: Tensor, epoch: int, events: int) -> None:
         value = loss_sum.item()
         if not math.isfinite(value):
-            raise UserError(
-                f"training diverged: the loss became {value} in epoch {epoch} after {events} events; "
+            raise TrainingDiverged(
+                f"training diverged in epoch {epoch}: the loss became {value} after {events} events; "
                 "lower learning_rate (or momentum) and train again"
             )
 
