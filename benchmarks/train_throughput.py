@@ -147,8 +147,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     sessions, _, counts, _ = load_training_data(args.train)
+    measured = f"{args.epochs - 1} measured epoch(s)" if args.epochs > 1 else "1 epoch (warm-up included)"
     print(f"{args.train.name}: {sessions.n_events:,} events, {sessions.n_sessions:,} sessions, {len(counts):,} items")
-    print(f"device: {device_name(device)}; torch {torch.__version__}; {args.epochs - 1} measured epoch(s) per step, interleaved")
+    print(f"device: {device_name(device)}; torch {torch.__version__}; {measured} per step, interleaved")
     print()
     print("| params | batch | fast step | fast ev/s | eager ev/s | fast / eager | fast ev/s (CPU time) "
           "| eager ev/s (CPU time) | ratio (CPU time) | last loss fast / eager |")
