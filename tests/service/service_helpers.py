@@ -71,6 +71,36 @@ def model_b() -> Path:
     return _train("model-b", 1030, 70, seed=2)
 
 
+@functools.cache
+def model_big() -> Path:
+    """A 20,000-item model with random (clustered) item vectors: large enough that the top-k index
+    returns only some of the catalogue. Not trained: its ranking need not mean anything."""
+    return synthetic_model(_ROOT / "model-big", 20_000, seed=5)
+
+
+def synthetic_model(out: Path, n_items: int, layers: tuple[int, ...] = (16,), seed: int = 0) -> Path:
+    """A model directory with seeded random weights: item vectors around 50 centres, varied biases."""
+    import torch
+
+    from gru4rec.data.sessions import ItemMap
+    from gru4rec.model.checkpoint import save_checkpoint
+    from gru4rec.model.config import ModelConfig
+    from gru4rec.model.network import GRU4Rec
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = GRU4Rec(n_items, ModelConfig(layers=layers))
+    centres = rng.normal(size=(50, layers[-1])).astype(np.float32)
+    vectors = centres[rng.integers(50, size=n_items)] + 0.5 * rng.normal(size=(n_items, layers[-1])).astype(np.float32)
+    with torch.no_grad():
+        model.Wy.weight.copy_(torch.from_numpy(vectors * rng.uniform(0.2, 1.5, size=(n_items, 1)).astype(np.float32)))
+        model.By.weight.copy_(torch.from_numpy(rng.normal(scale=0.5, size=(n_items, 1)).astype(np.float32)))
+    item_map = ItemMap.from_ids([f"i{j}" for j in range(n_items)])
+    counts = rng.integers(1, 1000, size=n_items)
+    save_checkpoint(out, model, item_map, counts, {"events": int(counts.sum())})
+    return out
+
+
 def copy_model(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
