@@ -76,6 +76,7 @@ class ModelBundle:
         for p in model.parameters():
             p.requires_grad_(False)
         self.model = model
+        self.source = source
         self.version: str = checkpoint.version
         # the item list lives in the catalogue and item_counts; keep the rest for describe()
         self.metadata = {k: v for k, v in checkpoint.metadata.items() if k not in ("item_ids", "item_counts")}
@@ -244,7 +245,7 @@ class ModelBundle:
             table = self.out_t if self.out_t is not None else self.weights.T
             finite = bool(torch.isfinite(torch.addmm(self.bias, torch.from_numpy(np.ascontiguousarray(h)), table)).all())
         if not finite:
-            raise ModelUnavailable(f"model {self.version} gives non-finite scores (its weights overflow); retrain it")
+            raise ModelUnavailable(f"{self.source}: the model gives non-finite scores (its weights overflow); retrain it")
         queries = [Query(k, exclude=np.array([0], dtype=np.int64), exact=s % 2 == 1) for s in range(steps)]
         self.rank(h, queries)
         self.rank(h[:1], [Query(k, include=np.array([0, 1], dtype=np.int64))])
