@@ -82,7 +82,7 @@ class Batcher:
         with self._cond:
             if self._closed:
                 raise RuntimeError("the batcher is closed")
-            self._gap += 0.1 * (min(now - self._last_arrival, 1.0) - self._gap)
+            self._gap += 0.5 * (min(now - self._last_arrival, 1.0) - self._gap)
             self._last_arrival = now
             self._jobs.append(job)
             if len(self._jobs) == 1 or len(self._jobs) >= self.max_batch:

@@ -102,14 +102,15 @@ def synthetic_model(out: Path, n_items: int, layers: tuple[int, ...] = (16,), se
 
 
 def copy_model(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
+    """A copy of the model directory as written by training (without a cached top-k index)."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("serving-index-*"))
     return dst
 
 
 def swap_model(src: Path, dst: Path) -> None:
     """Replace the directory `dst` by a copy of `src` the way the trainer does: atomically."""
     tmp = dst.with_name(f".{dst.name}.incoming")
-    shutil.copytree(src, tmp)
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("serving-index-*"))
     old = dst.with_name(f".{dst.name}.old")
     os.replace(dst, old)
     os.replace(tmp, dst)
