@@ -59,8 +59,8 @@ class RetrievalSettings:
 
     mode: str = "auto"
     min_items: int = 200_000
-    nprobe: int = 48
-    candidates: int = 200
+    nprobe: int | None = None  # None: an eighth of the cells
+    candidates: int = 500
     cache_dir: Path | None = None
 
     def wants_index(self, n_items: int) -> bool:
@@ -187,8 +187,7 @@ class ModelBundle:
     def _rank_approx(self, h: np.ndarray, queries: Sequence[Query]) -> list[TopK | None]:
         """Candidates from the index, re-scored exactly; None where filters leave fewer than k."""
         assert self.index is not None
-        wanted = max(max(self.index.params.candidates, q.k) + len(q.exclude) for q in queries)
-        labels = self.index.search(h, wanted)
+        labels = self.index.search(h, [max(self.index.params.candidates, q.k) + len(q.exclude) for q in queries])
         with torch.inference_mode():
             lab = torch.from_numpy(labels)
             safe = lab.clamp(min=0)

@@ -45,15 +45,17 @@ class Settings(BaseSettings):
         "an index from GRU4REC_INDEX_MIN_ITEMS items on",
     )
     index_min_items: int = Field(200_000, ge=2, description="catalogue size from which `auto` uses the index")
-    index_nprobe: int = Field(48, ge=1, description="index cells searched per request (more: better recall, slower)")
+    index_nprobe: int | None = Field(
+        None, ge=1, description="index cells searched per request (more: better recall, slower); default an eighth of them"
+    )
     index_candidates: int = Field(
-        200, ge=1, le=100_000, description="candidates per request re-scored exactly (at least k, plus excluded items)"
+        500, ge=1, le=100_000, description="candidates per request re-scored exactly (at least k, plus excluded items)"
     )
     index_cache_dir: Path | None = Field(
         None, description="where indexes are cached when the model directory is read-only (default ~/.cache/gru4rec/indexes)"
     )
 
-    @field_validator("redis_url", "api_key", "index_cache_dir", mode="before")
+    @field_validator("redis_url", "api_key", "index_cache_dir", "index_nprobe", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         """An exported-but-empty variable means 'not configured', not 'configured as empty'."""

@@ -73,7 +73,7 @@ def test_filters_that_leave_too_few_candidates_fall_back_to_exact(bundle, monkey
     excluded = np.arange(0, bundle.n_items, 3).astype(np.int64)
     queries = [Query(15, exclude=excluded)] * 4
     expected = bundle.rank(h, [Query(15, exclude=excluded, exact=True)] * 4)
-    few = lambda q, n: np.where(np.arange(n) < 10, np.arange(n), -1)[None, :].repeat(len(q), 0)  # noqa: E731
+    few = lambda q, counts: np.where(np.arange(max(counts)) < 10, np.arange(max(counts)), -1)[None, :].repeat(len(q), 0)  # noqa: E731
     monkeypatch.setattr(bundle.index, "search", few)  # an index that finds only ten candidates
     for got, want in zip(bundle.rank(h, queries), expected, strict=True):
         assert got.indices == want.indices
@@ -184,7 +184,7 @@ def test_a_reload_swaps_the_model_and_its_index_together(tmp_path):
     other = synthetic_model(tmp_path / "other", 20_000, seed=11)  # same ids, other vectors
     meta = json.loads((other / "metadata.json").read_text())
     served = copy_model(model_big(), tmp_path / "served")
-    options = {"retrieval": "index", "index_nprobe": 64, "index_candidates": 100, "api_key": "k"}
+    options = {"retrieval": "index", "api_key": "k"}  # default cells searched and candidates
     with client(served, **options) as api:
         before = api.get("/v1/model").json()
         swap_model(other, served)
