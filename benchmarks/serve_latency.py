@@ -106,9 +106,12 @@ def free_port() -> int:
 class Server:
     """`gru4rec serve` in a subprocess (its own process group, so stopping it stops every worker)."""
 
-    def __init__(self, model_dir: Path, workers: int, redis_prefix: str | None, repo: Path = REPO) -> None:
+    def __init__(self, model_dir: Path, workers: int, redis_prefix: str | None, repo: Path = REPO,
+                 retrieval: str | None = None) -> None:
         self.port = free_port()
         env = {**os.environ, "GRU4REC_RELOAD_POLL_S": "0", "PYTHONPATH": str(repo)}
+        if retrieval:
+            env["GRU4REC_RETRIEVAL"] = retrieval
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         if redis_prefix:
             env.update(GRU4REC_REDIS_URL=REDIS_URL, GRU4REC_REDIS_PREFIX=redis_prefix)
@@ -333,11 +336,11 @@ def run_point(port: int, scenario: str, items: list[str], rate: float, duration:
 def measure(args, name: str, model_dir: Path, scenario: str, workers: int, use_redis: bool) -> list[Result]:
     items = catalogue(model_dir)
     prefix = f"bench-{os.getpid()}-{name}-{scenario}-{workers}:" if use_redis else None
-    server = Server(model_dir, workers, prefix, args.server_repo)
+    server = Server(model_dir, workers, prefix, args.server_repo, args.retrieval)
     results = []
     try:
         server.wait_ready(args.start_timeout)
-        run_point(server.port, scenario, items, 250, 3.0, seed=1)  # warm-up (threads, allocator, caches)
+        run_point(server.port, scenario, items, min(250, args.rates[0]), 3.0, seed=1)  # warm-up (threads, allocator, caches)
         for j, rate in enumerate(args.rates):
             cpu_before, batches_before = server.cpu_seconds(), server.batch_counters()
             latency, service, errors, elapsed = run_point(server.port, scenario, items, rate, args.duration, seed=100 + j)
@@ -451,6 +454,7 @@ def main() -> int:
     parser.add_argument("--rebuild-index", action="store_true",
                         help="remove cached top-k indexes first, so the server's start-up builds (and times) one")
     parser.add_argument("--start-timeout", type=float, default=600, help="seconds to wait for a server to be ready")
+    parser.add_argument("--retrieval", choices=["auto", "index", "exact"], help="GRU4REC_RETRIEVAL for the server")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args.work_dir.mkdir(parents=True, exist_ok=True)

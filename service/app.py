@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -45,8 +46,15 @@ Session-based next-item recommendations from a GRU4Rec model.
 
 
 def _configure_torch(settings: Settings) -> None:
-    """Per-process torch threads: one by default (batch-1 inference; several workers share the cores)."""
+    """Per-process torch threads: one by default (batch-1 inference; several workers share the cores).
+
+    Also how long a thread waiting for the GIL waits before the holder must hand it over: the
+    batcher thread needs the GIL back after every PyTorch or faiss call, and while the event loop
+    is busy with requests, Python's default of 5 ms would stall each of those returns that long.
+    """
     import torch
+
+    sys.setswitchinterval(settings.switch_interval_ms / 1000)
 
     torch.set_num_threads(settings.effective_torch_threads)
     try:

@@ -3,7 +3,7 @@
 A catalogue of 1.8M items held as a list of str plus a dict would cost about 130 bytes per item
 (str objects, dict slots, boxed ints) and give the garbage collector millions of objects to walk.
 Here the ids are one UTF-8 buffer with int64 offsets, and lookups go through a sorted array of the
-ids' hashes (collisions are resolved by comparing bytes): about 30 bytes per item.
+ids' hashes (collisions are resolved by comparing bytes): about 33 bytes per 9-digit id.
 
 Lookups use Python's own str hash, so the table is only valid inside the process that built it,
 which is all the service needs (it is rebuilt at every model load).
@@ -11,6 +11,8 @@ which is all the service needs (it is rebuilt at every model load).
 
 from __future__ import annotations
 
+from array import array
+from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -23,16 +25,19 @@ class ItemCatalogue:
 
     def __init__(self, ids: Sequence[str], source: str = "model") -> None:
         n = len(ids)
-        encoded = [str(i).encode("utf-8") for i in ids]
+        encoded = [str(i).encode("utf-8", "surrogatepass") for i in ids]
         offsets = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=n), out=offsets[1:])
         self._data = b"".join(encoded)
         del encoded
-        self._offsets = offsets
         hashes = np.fromiter((hash(str(i)) for i in ids), dtype=np.int64, count=n)
         order = np.argsort(hashes, kind="stable")
-        self._hashes = hashes[order]
-        self._order = order.astype(np.int32 if n < 2**31 else np.int64)
+        # array.array rather than numpy: indexing one element gives a plain int in tens of nanoseconds,
+        # and bisect works on it directly (numpy calls cost microseconds and release the GIL, which
+        # the batcher thread then holds)
+        self._offsets = _int_array("q", offsets)
+        self._hashes = _int_array("q", hashes[order])
+        self._order = _int_array("q", order)
         self._check_unique(source)
 
     def __len__(self) -> int:
@@ -41,15 +46,16 @@ class ItemCatalogue:
     @property
     def nbytes(self) -> int:
         """Memory held by the catalogue (for the log and the memory estimate)."""
-        return len(self._data) + self._offsets.nbytes + self._hashes.nbytes + self._order.nbytes
+        return len(self._data) + 8 * (len(self._offsets) + len(self._hashes) + len(self._order))
 
     def _bytes_at(self, index: int) -> bytes:
-        return self._data[int(self._offsets[index]) : int(self._offsets[index + 1])]
+        return self._data[self._offsets[index] : self._offsets[index + 1]]
 
     def _check_unique(self, source: str) -> None:
-        same = np.flatnonzero(self._hashes[1:] == self._hashes[:-1])
+        hashes = np.frombuffer(self._hashes, dtype=np.int64)
+        same = np.flatnonzero(hashes[1:] == hashes[:-1])
         for pos in same.tolist():  # hash neighbours: almost always true duplicates
-            a, b = int(self._order[pos]), int(self._order[pos + 1])
+            a, b = self._order[pos], self._order[pos + 1]
             if self._bytes_at(a) == self._bytes_at(b):
                 raise ModelUnavailable(
                     f"{source}: item id {self.id_of(a)!r} occurs twice in the item list (indices {min(a, b)} and "
@@ -61,33 +67,19 @@ class ItemCatalogue:
         """Dense index of `item`, or -1 if the model does not know it."""
         h = hash(item)
         hashes = self._hashes
-        pos = int(np.searchsorted(hashes, h))
-        if pos == len(hashes) or hashes[pos] != h:
-            return -1
-        return self._resolve(item, h, pos)
-
-    def _resolve(self, item: str, h: int, pos: int) -> int:
-        """The index among the entries with hash `h` (from sorted position `pos` on) whose bytes are `item`."""
-        raw = item.encode("utf-8", "surrogatepass")
-        hashes, n = self._hashes, len(self._hashes)
-        while pos < n and hashes[pos] == h:
-            index = int(self._order[pos])
-            if self._bytes_at(index) == raw:
+        pos = bisect_left(hashes, h)
+        raw = None
+        while pos < len(hashes) and hashes[pos] == h:  # more than one only for a hash collision
+            index = self._order[pos]
+            raw = raw or item.encode("utf-8", "surrogatepass")
+            if self._data[self._offsets[index] : self._offsets[index + 1]] == raw:
                 return index
             pos += 1
         return -1
 
     def lookup(self, items: Sequence[str]) -> list[int]:
         """Dense index of each id; -1 for ids the model does not know."""
-        if len(items) < 4:
-            return [self.index_of(i) for i in items]
-        hs = np.fromiter(map(hash, items), dtype=np.int64, count=len(items))
-        positions = np.searchsorted(self._hashes, hs).tolist()
-        found = self._hashes[np.minimum(positions, len(self._hashes) - 1)] == hs
-        return [
-            self._resolve(item, h, pos) if hit else -1
-            for item, h, pos, hit in zip(items, hs.tolist(), positions, found.tolist(), strict=True)
-        ]
+        return [self.index_of(i) for i in items]
 
     def known(self, items: Iterable[str] | None) -> list[int]:
         """Indices of the known ids only (for filters: unknown ids simply match nothing)."""
@@ -102,11 +94,21 @@ class ItemCatalogue:
         data, offsets = self._data, self._offsets
         return [data[offsets[i] : offsets[i + 1]].decode("utf-8", "surrogatepass") for i in indices]
 
+    @property
+    def offsets(self) -> np.ndarray:
+        return np.frombuffer(self._offsets, dtype=np.int64)
+
     # -- search ----------------------------------------------------------------------------------
     def matching(self, needle: str) -> np.ndarray:
         """Boolean mask of the ids containing `needle`, ignoring case (vectorised: no str per item)."""
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        array = pa.LargeStringArray.from_buffers(len(self), pa.py_buffer(self._offsets), pa.py_buffer(self._data))
+        array = pa.LargeStringArray.from_buffers(len(self), pa.py_buffer(self.offsets), pa.py_buffer(self._data))
         return pc.match_substring(array, needle, ignore_case=True).to_numpy(zero_copy_only=False)
+
+
+def _int_array(code: str, values: np.ndarray) -> array:
+    out = array(code)
+    out.frombytes(np.ascontiguousarray(values, dtype=np.int64).tobytes())
+    return out

@@ -89,6 +89,7 @@ class ModelBundle:
         self._last = self.layer_sizes[-1]
         self.weights = model.Wy.weight.detach()  # [n_items, layer]
         self.bias = model.By.weight.detach()[:, 0].contiguous()
+        self.bias_column = model.By.weight.detach()  # [n_items, 1]
         self.out_t: torch.Tensor | None = None  # [layer, n_items] copy, kept when exact scoring is the hot path
         self.item_counts = _check_counts(checkpoint.item_counts, self.n_items, source)
         counts = self.item_counts.astype(np.float64)
@@ -176,12 +177,21 @@ class ModelBundle:
         return out  # type: ignore[return-value]
 
     def _rank_exact(self, h: np.ndarray, queries: Sequence[Query]) -> list[TopK]:
+        """Every item scored. One session: a row times the [layer, n_items] copy (MKL's fastest
+        matrix-vector form); several: the [n_items, layer] table times the sessions' columns, with
+        top-k down the columns (measured 1.2-1.5x faster than the row form from 4 sessions on)."""
+        k = min(max(q.k for q in queries), self.n_items)
+        exclusions = [q.exclude for q in queries]
         with torch.inference_mode():
             ht = torch.from_numpy(np.ascontiguousarray(h))
-            table = self.out_t if self.out_t is not None else self.weights.T
-            scores = torch.addmm(self.bias, ht, table)
-            _mask(scores, [q.exclude for q in queries])
-            values, picked = torch.topk(scores, min(max(q.k for q in queries), self.n_items))
+            if len(h) == 1 and self.out_t is not None:
+                scores = torch.addmm(self.bias, ht, self.out_t)
+                _mask(scores, exclusions)
+                values, picked = torch.topk(scores, k)
+            else:
+                scores = torch.addmm(self.bias_column, self.weights, ht.T)
+                _mask(scores, exclusions, by_column=True)
+                values, picked = (t.T for t in torch.topk(scores, k, dim=0))
             return [_top(v, p, q.k) for v, p, q in zip(values.tolist(), picked.tolist(), queries, strict=True)]
 
     def _rank_approx(self, h: np.ndarray, queries: Sequence[Query]) -> list[TopK | None]:
@@ -190,9 +200,11 @@ class ModelBundle:
         labels = self.index.search(h, [max(self.index.params.candidates, q.k) + len(q.exclude) for q in queries])
         with torch.inference_mode():
             lab = torch.from_numpy(labels)
-            safe = lab.clamp(min=0)
+            flat = lab.clamp(min=0).view(-1)
+            shape = (len(labels), labels.shape[1])
             ht = torch.from_numpy(np.ascontiguousarray(h)).unsqueeze(2)
-            scores = torch.baddbmm(self.bias[safe].unsqueeze(2), self.weights[safe], ht).squeeze(2)
+            rows = self.weights.index_select(0, flat).view(*shape, self._last)  # half the time of weights[lab]
+            scores = torch.baddbmm(self.bias.index_select(0, flat).view(*shape, 1), rows, ht).squeeze(2)
             scores.masked_fill_(lab < 0, NEG_INF)
             for r, q in enumerate(queries):
                 if len(q.exclude):
@@ -272,12 +284,13 @@ class ModelBundle:
         return {"mode": "index", "reason": "catalogue size or GRU4REC_RETRIEVAL", "index": self.index.describe()}
 
 
-def _mask(scores: torch.Tensor, exclusions: Sequence[np.ndarray]) -> None:
-    """Set scores[r, exclusions[r]] to -inf for every row at once."""
-    rows = [np.full(len(ex), r, dtype=np.int64) for r, ex in enumerate(exclusions) if len(ex)]
-    if rows:
-        cols = np.concatenate([ex for ex in exclusions if len(ex)])
-        scores.index_put_((torch.from_numpy(np.concatenate(rows)), torch.from_numpy(cols)), torch.tensor(NEG_INF))
+def _mask(scores: torch.Tensor, exclusions: Sequence[np.ndarray], by_column: bool = False) -> None:
+    """Set the scores of session r's excluded items to -inf, for every session at once (sessions are
+    the rows of `scores`, or its columns `by_column`)."""
+    sessions = [np.full(len(ex), r, dtype=np.int64) for r, ex in enumerate(exclusions) if len(ex)]
+    if sessions:
+        where = (torch.from_numpy(np.concatenate(sessions)), torch.from_numpy(np.concatenate([ex for ex in exclusions if len(ex)])))
+        scores.index_put_(where[::-1] if by_column else where, torch.tensor(NEG_INF))
 
 
 def _top(values: list[float], indices: list[int], k: int) -> TopK:

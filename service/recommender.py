@@ -170,7 +170,7 @@ class Recommender:
         a new session, and for an entry that cannot be read or does not fit: it is overwritten."""
         state = entry.state
         problem = entry.damaged
-        if state is not None and state.model_version == bundle.version:
+        if state is not None and state.model_version == bundle.version and not entry.trusted:
             problem = _misfit(bundle, state)
         if problem is None:
             return state

@@ -54,7 +54,7 @@ class SessionState:
 
     def nbytes(self) -> int:
         """Rough memory footprint, for the in-process store's memory bound."""
-        return 240 + self.hidden.nbytes + sum(57 + len(c) for c in self.clicks) + 36 * len(self.indices)
+        return 240 + self.hidden.nbytes + 57 * len(self.clicks) + sum(map(len, self.clicks)) + 36 * len(self.indices)
 
     def seen(self) -> list[int]:
         """Known items among the remembered clicks (what exclude_seen hides)."""
@@ -69,6 +69,7 @@ class Entry:
     state: SessionState | None
     token: object = None
     damaged: str | None = None  # why the stored entry could not be read, if it could not
+    trusted: bool = False  # written by this process (the in-process store): no need to check it
 
     @property
     def exists(self) -> bool:
@@ -173,7 +174,7 @@ class MemorySessionStore(SessionStore):
 
     async def read(self, session_id: str, touch: bool = False) -> Entry:
         state = self.get(session_id, touch)
-        return MISSING if state is None else Entry(state)
+        return MISSING if state is None else Entry(state, trusted=True)
 
     async def write(self, session_id: str, state: SessionState, expected: Entry) -> Entry | None:
         self.put(session_id, state)

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     reload_poll_s: float = Field(10.0, ge=0, description="how often to look for a new checkpoint; 0 disables")
     warmup_steps: int = Field(3, ge=0, description="dummy requests run at start-up so the first real one is fast")
     body_timeout_s: float = Field(10.0, gt=0, description="a request body not received within this time gets 408")
+    switch_interval_ms: float = Field(
+        0.5, gt=0, le=50, description="Python's thread switch interval: how long the batcher may wait for the GIL"
+    )
     batch_max_size: int = Field(64, ge=1, le=4096, description="most requests served by one batched model call")
     batch_wait_ms: float = Field(
         1.0, ge=0, le=100, description="longest wait for other requests to batch with, while requests arrive that often"
