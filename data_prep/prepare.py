@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from data_prep.readers import ColumnMap, RawLog, read_log
-from gru4rec.foundation.atomic import atomic_dir, atomic_file, default_permissions
+from gru4rec.foundation.atomic import OutputKind, atomic_dir, atomic_file, check_output_dir, default_permissions
 from gru4rec.foundation.errors import UserError
 from gru4rec.foundation.logs import progress
 from gru4rec.foundation.memory import release_arrow_memory, resident_memory
@@ -358,7 +358,7 @@ def _run(raw: RawLog, opts: PrepareOptions, steps: _Steps, pd) -> Prepared:
         item = item_codes.astype(np.int32 if len(item_values) < 2**31 else np.int64)
         del item_codes
     del item_ids
-    release_arrowresident_memory()
+    release_arrow_memory()
     n_items = int(len(item_values))
     steps.n_items = n_items
     frame = Frame(session, item, time)
@@ -558,20 +558,20 @@ def write_outputs(prepared: Prepared, out_dir: Path, stats: dict, parquet: bool)
             write_session_file(df, out_dir / f"{name}{ext}")
             log.debug("wrote %s%s (%s events); memory: %s", name, ext, f"{len(df):,}", resident_memory())
         del df
-        release_arrowresident_memory()
+        release_arrow_memory()
     with atomic_file(out_dir / "stats.json", "w", encoding="utf-8", newline="\n") as fh:
         json.dump(stats, fh, indent=2)
         fh.write("\n")
 
 
+PREPARE_OUTPUT = OutputKind(
+    "prepared data directory", "gru4rec prepare",
+    frozenset({f"{name}{ext}" for name in SPLITS for ext in (".tsv", ".parquet")} | {"stats.json"}), "stats.json",
+)
+
+
 def _check_out_dir(out: Path, input_path: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a directory; --out names the output directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / "stats.json").exists():
-        raise UserError(
-            f"{out}: exists, is not empty and is not the output of an earlier `gru4rec prepare` (no stats.json); "
-            f"refusing to replace it, choose another --out"
-        )
+    check_output_dir(out, PREPARE_OUTPUT)
     try:
         if input_path.resolve().is_relative_to(out.resolve()):
             raise UserError(f"{out}: the input file {input_path} lies inside --out, which would be replaced")
@@ -610,7 +610,7 @@ def prepare(
         "boundaries": {k: {"time": v, "utc": _utc(v)} for k, v in prepared.boundaries.items()},
         "splits": {name: split_stats(prepared.splits[name], prepared.n_items) for name in SPLITS},
     }
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, PREPARE_OUTPUT) as tmp:
         write_outputs(prepared, tmp, stats, parquet)
         default_permissions(tmp)
     log.info("wrote %s (%.1f s)", out, time.perf_counter() - t0)

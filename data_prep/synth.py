@@ -236,16 +236,35 @@ def _check_int(name: str, value, minimum: int) -> int:
     return int(value)
 
 
-def _parse_start(start: str) -> int:
-    """Unix milliseconds of `start` (naive values are UTC)."""
+LAST_TIME = pd.Timestamp.max.tz_localize("UTC").floor("D")  # times are read back as datetime64[ns]
+
+
+def _parse_start(start: str, days: float) -> int:
+    """Unix milliseconds of `start` (naive values are UTC); the window must lie in 1970..2262."""
     try:
         ts = pd.Timestamp(start)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:
         raise UserError(f"start: cannot parse {start!r} as a date/time ({exc})") from None
     if ts is pd.NaT:
         raise UserError(f"start: cannot parse {start!r} as a date/time")
     ts = ts.tz_localize("UTC") if ts.tz is None else ts.tz_convert("UTC")
+    first = pd.Timestamp(0, tz="UTC")
+    if ts < first or ts > LAST_TIME or ts.value / 1e9 + days * 86_400 > LAST_TIME.value / 1e9:
+        raise UserError(
+            f"start: {start} plus {days:g} days lies outside the supported time range, "
+            f"{first.date()} to {LAST_TIME.date()}"
+        )
     return int(ts.value // 1_000_000)
+
+
+BYTES_PER_EVENT = 64  # peak memory of generate_log plus a writer: measured 30-50 B per click (12M clicks)
+BYTES_PER_ITEM = 512  # the catalogue's tables: measured about 270 B per item (1M items)
+BASE_BYTES = 500_000_000  # the libraries and the fixed-size tables
+
+
+def estimated_memory(n_events: int, n_items: int) -> int:
+    """Bytes `generate_log` and a writer hold at their peak (an upper bound of measured peaks)."""
+    return BASE_BYTES + BYTES_PER_EVENT * n_events + BYTES_PER_ITEM * n_items
 
 
 # --------------------------------------------------------------------------------------------------
@@ -279,7 +298,7 @@ def generate_log(
         raise UserError(f"days must be a number, got {days!r}") from None
     if not (math.isfinite(days) and days > 0):
         raise UserError(f"days must be a positive number, got {days}")
-    base_ms = _parse_start(start)
+    base_ms = _parse_start(start, days)
     window_ms = int(round(days * 86_400_000))
     if window_ms < 1:
         raise UserError(f"days must span at least a millisecond, got {days}")
@@ -403,6 +422,20 @@ def _daily_cdf(window_ms: int, base_ms: int) -> tuple[np.ndarray, np.ndarray]:
     return edges, cum
 
 
+def _successors(world: _World, intent: np.ndarray, cur: np.ndarray, interest: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Next items of sessions that follow a successor of their current item.
+
+    A successor outside the session's interest is often passed over for another one.
+    """
+    first = world.successor(intent, cur, rng.random(len(cur)))
+    off = np.flatnonzero((world.cluster[first] != interest) & (rng.random(len(cur)) < P_STICK))
+    if len(off):
+        second = world.successor(intent[off], cur[off], rng.random(len(off)))
+        keep = world.cluster[second] == interest[off]
+        first[off[keep]] = second[keep]
+    return first
+
+
 def _clicks(lengths: np.ndarray, epoch: np.ndarray, world: _World, rng: np.random.Generator) -> np.ndarray:
     """Item index of every click, sessions laid out in the given order (`epoch`: each one's epoch)."""
     n_sessions = len(lengths)
@@ -440,15 +473,7 @@ def _clicks(lengths: np.ndarray, epoch: np.ndarray, world: _World, rng: np.rando
             nxt[i] = prev[i]
             i = np.flatnonzero(action == 2)
             if len(i):
-                first = world.successor(intent[i], cur[i], rng.random(len(i)))
-                # A successor outside the session's interest is often passed over for another one.
-                off = np.flatnonzero((world.cluster[first] != interest[i]) & (rng.random(len(i)) < P_STICK))
-                if len(off):
-                    j = i[off]
-                    second = world.successor(intent[j], cur[j], rng.random(len(j)))
-                    keep = world.cluster[second] == interest[j]
-                    first[off[keep]] = second[keep]
-                nxt[i] = first
+                nxt[i] = _successors(world, intent[i], cur[i], interest[i], rng)
             i = np.flatnonzero(action == 3)
             if len(i):
                 nxt[i] = world.popular_in(interest[i], rng.random(len(i)), epoch[i])

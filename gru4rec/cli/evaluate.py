@@ -5,12 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-
 
 log = logging.getLogger(__name__)
 
@@ -62,101 +57,69 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
-@dataclass
-class Scored:
-    """Something to evaluate: a SessionScorer with its item map and training counts."""
+def evaluation_options(args: argparse.Namespace):
+    """The shared evaluation options from the command line, checked before anything is loaded."""
+    from gru4rec.evaluation.compare import EvalOptions
 
-    label: str
-    scorer: Any
-    item_map: Any
-    item_counts: np.ndarray
-    info: dict[str, Any]
-
-
-def load_model(path: str, device, label: str | None = None) -> Scored:
-    """A trained model directory as a scorer."""
-    from gru4rec.model.checkpoint import load_checkpoint
-    from gru4rec.evaluation.protocol import ModelScorer
-
-    checkpoint = load_checkpoint(path, device)
-    info = {"model": str(path), "hyperparameters": checkpoint.hyperparameters}
-    return Scored(label or str(path), ModelScorer(checkpoint.model), checkpoint.item_map, checkpoint.item_counts, info)
-
-
-def fit_baseline_scorer(spec: str, train, label: str | None = None) -> Scored:
-    """A baseline fitted on a loaded training set (gru4rec.evaluation.baselines.load_train_set)."""
-    from gru4rec.evaluation.baselines import fit_baseline
-
-    start = time.perf_counter()
-    baseline = fit_baseline(spec, train)
-    seconds = time.perf_counter() - start
-    info = {"baseline": baseline.name, "baseline_params": baseline.params(), "fit_seconds": round(seconds, 3)}
-    log.info("fitted %s in %.2f s", spec, seconds)
-    return Scored(label or spec, baseline, train.item_map, train.item_counts, info)
-
-
-def evaluate_scored(scored: Scored, test: str, args: argparse.Namespace, device, events=None):
-    """Evaluate with the shared options; returns the result and the seconds it took.
-
-    `events` (data.read_events(test)) is the test file read once for several scorers.
-    """
-    from gru4rec.evaluation.protocol import evaluate_file
-
-    start = time.perf_counter()
-    result = evaluate_file(
-        scored.scorer, test, scored.item_map, item_counts=scored.item_counts, events=events,
-        cutoffs=args.cutoffs, ties=args.ties, batch_size=args.batch_size, device=device,
-        protocol=args.protocol, exclude_seen=args.exclude_seen,
-    )
-    return result, time.perf_counter() - start
-
-
-def check_options(args: argparse.Namespace) -> None:
-    """Fail on option values that are wrong whatever the model, before anything is loaded."""
-    import sys
-
-    from gru4rec.foundation.errors import UserError
-    from gru4rec.evaluation.protocol import check_cutoffs
-
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-    check_cutoffs(args.cutoffs, sys.maxsize)  # positive; the catalogue bound is checked per model
+    options = EvalOptions(tuple(args.cutoffs), args.ties, args.protocol, args.exclude_seen, args.batch_size)
+    options.check()
+    return options
 
 
 def run(args: argparse.Namespace) -> int:
-    from gru4rec.foundation.atomic import atomic_file
-    from gru4rec.evaluation.reports import format_breakdown, format_metrics_table, plot_metrics
+    from gru4rec.evaluation.compare import baseline_entry, evaluate_entry, model_entry
     from gru4rec.foundation.devices import resolve_device
 
-    check_options(args)
+    options = evaluation_options(args)
     device = resolve_device(args.device)
+    _check_outputs(args)
     if args.baseline:
         from gru4rec.evaluation.baselines import load_train_set, parse_baseline_spec
 
         parse_baseline_spec(args.baseline)  # an unknown name fails before the training file is read
-        scored = fit_baseline_scorer(args.baseline, load_train_set(args.model))
-        scored.info["train"] = str(args.model)
+        entry = baseline_entry(args.baseline, load_train_set(args.model))
+        entry.info["train"] = str(args.model)
     else:
-        scored = load_model(args.model, device)
-    result, seconds = evaluate_scored(scored, args.test, args, device)
-    report = {
-        **scored.info, "test": str(args.test), **result.to_dict(),
-        "seconds": round(seconds, 3), "events_per_s": round(result.n_events / max(seconds, 1e-9), 1),
-    }
-    kmax = max(result.cutoffs)
-    print(format_metrics_table(result.metrics, result.cutoffs))
+        entry = model_entry(args.model, device)
+    report = {**evaluate_entry(entry, args.test, options, device), "test": str(args.test)}
+    _print_report(report)
+    _write_outputs(args, entry.label, report)
+    return 0
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """--json and --plot must be writable files: found out before the evaluation, not after it."""
+    from gru4rec.foundation.atomic import check_output_file
+    from gru4rec.foundation.errors import UserError
+
+    if args.json and args.plot and Path(args.json).resolve() == Path(args.plot).resolve():
+        raise UserError(f"--json and --plot both name {args.json}; give them different files")
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if path:
+            check_output_file(path, option)
+
+
+def _print_report(report: dict) -> None:
+    from gru4rec.evaluation.reports import format_breakdown, format_metrics_table
+
+    cutoffs = report["cutoffs"]
+    print(format_metrics_table(report["metrics"], cutoffs))
     print()
-    print(format_breakdown(report["breakdown"], kmax))
+    print(format_breakdown(report["breakdown"], max(cutoffs)))
     print()
     print(
-        f"{result.n_events} predictions ({result.protocol} protocol, {result.ties} ties"
-        f"{', seen items excluded' if result.exclude_seen else ''}) in {result.n_sessions} sessions, "
-        f"{seconds:.1f} s; {result.n_unknown} test events with unknown items dropped"
+        f"{report['n_events']} predictions ({report['protocol']} protocol, {report['ties']} ties"
+        f"{', seen items excluded' if report['exclude_seen'] else ''}) in {report['n_sessions']} sessions, "
+        f"{report['seconds']:.1f} s; {report['n_unknown_dropped']} test events with unknown items dropped"
     )
+
+
+def _write_outputs(args: argparse.Namespace, label: str, report: dict) -> None:
+    from gru4rec.evaluation.reports import plot_metrics
+    from gru4rec.foundation.atomic import atomic_file
+
     if args.json:
         with atomic_file(args.json) as fh:
             json.dump(report, fh, indent=2)
     if args.plot:
-        plot_metrics({scored.label: result.metrics}, result.cutoffs, args.plot, title=f"{scored.label} on {Path(args.test).name}")
-    return 0
-
+        plot_metrics({label: report["metrics"]}, report["cutoffs"], args.plot, title=f"{label} on {Path(args.test).name}")

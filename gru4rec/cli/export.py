@@ -30,8 +30,11 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from gru4rec.foundation.atomic import check_output_file
     from gru4rec.model.export import export_model, sidecar_path
 
+    check_output_file(args.out)
+    check_output_file(sidecar_path(args.out), "--out (its sidecar)")
     info = export_model(args.model_dir, args.out, args.fmt)
     print(f"exported {info['format']} ({info['n_items']} items, hidden size {info['hidden_size']}) -> {args.out} + {sidecar_path(args.out)}")
     return 0

@@ -51,8 +51,16 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     p.add_argument("input", help="the raw click log: plain, .gz or a .zip holding one file")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="output directory; written atomically, an earlier prepare output there is replaced")
+    _input_options(p.add_argument_group("input format"))
+    _session_options(p.add_argument_group("sessions and events"))
+    _filter_options(p.add_argument_group("filters"))
+    _split_options(p.add_argument_group("split"))
+    g = p.add_argument_group("output files")
+    g.add_argument("--parquet", action="store_true", help="also write a .parquet copy of each split")
+    p.set_defaults(func=run)
 
-    g = p.add_argument_group("input format")
+
+def _input_options(g) -> None:
     g.add_argument(
         "--format", default="auto", choices=("auto", "yoochoose", "csv", "tsv", "parquet", "diginetica", "otto"),
         help="yoochoose: raw yoochoose-clicks.dat (no header: session,ISO time,item,category); "
@@ -74,7 +82,8 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
                         "ISO-8601 date-times (naive ones are UTC), or auto: ISO if not numbers, else "
                         "milliseconds when values exceed 1e11, seconds otherwise")
 
-    g = p.add_argument_group("sessions and events")
+
+def _session_options(g) -> None:
     g.add_argument("--session-gap", type=float, default=3600.0, metavar="SECONDS",
                    help="with --user-col: a new session starts after more than this many seconds of inactivity")
     g.add_argument("--event-types", type=_event_types, default=None, metavar="T1,T2",
@@ -84,7 +93,8 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
                    help="collapse consecutive repeats of the same item in a session (i,i,j -> i,j); off keeps "
                         "them, as the classic RSC15 recipe does")
 
-    g = p.add_argument_group("filters")
+
+def _filter_options(g) -> None:
     g.add_argument("--min-session-length", type=int, default=2, metavar="N",
                    help="drop sessions with fewer events (before the split, and again after filtering test "
                         "to training items)")
@@ -94,7 +104,8 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
                    help="repeat the session and item filters until nothing changes; default is the classic "
                         "single pass: short sessions, rare items, short sessions again")
 
-    g = p.add_argument_group("split")
+
+def _split_options(g) -> None:
     g.add_argument("--test-days", type=float, default=1.0, metavar="DAYS",
                    help="length of the test window at the end of the log (fractions allowed); train_valid is "
                         "the same window at the end of train_full")
@@ -107,10 +118,6 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
                    help="keep only the most recent fraction F of training sessions (by last event time), e.g. "
                         "0.015625 or 0.25 for the YooChoose 1/64 and 1/4 variants; applied before test is "
                         "filtered to training items. Default: keep all")
-
-    g = p.add_argument_group("output files")
-    g.add_argument("--parquet", action="store_true", help="also write a .parquet copy of each split")
-    p.set_defaults(func=run)
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
+import shutil
 from pathlib import Path
 
 from gru4rec.foundation.errors import UserError
@@ -44,17 +44,36 @@ def register(subparsers, common) -> None:
     p.set_defaults(func=run)
 
 
-def _check_out(path: Path) -> None:
-    """Fail before the (possibly long) generation if `path` cannot be written."""
-    if path.is_dir():
-        raise UserError(f"--out {path}: is a directory, expected a file name")
+# bytes per click of the written file (measured: 46 yoochoose, 33 tsv, 9 gzip-compressed)
+FILE_BYTES_PER_EVENT = {"yoochoose": 48, "tsv": 34, ".gz": 10, ".parquet": 12}
+
+
+def _check_size(args: argparse.Namespace, out: Path) -> None:
+    """Refuse at once what would run out of memory or disk after minutes of work."""
+    from data_prep.synth import estimated_memory
+    from gru4rec.foundation.memory import available_memory, format_bytes
+
+    need, free = estimated_memory(args.events, args.items), available_memory()
+    if free is not None and need > free:
+        raise UserError(
+            f"--events {args.events}: generating them needs about {format_bytes(need)} of memory, "
+            f"{format_bytes(free)} is available; ask for fewer events"
+        )
+    per_event = FILE_BYTES_PER_EVENT.get(out.suffix, FILE_BYTES_PER_EVENT[args.format])
+    size, parent = per_event * args.events, _existing_parent(out)
+    disk = shutil.disk_usage(parent).free
+    if size > disk:
+        raise UserError(
+            f"--events {args.events}: the file would take about {format_bytes(size)}, {parent} has "
+            f"{format_bytes(disk)} free"
+        )
+
+
+def _existing_parent(path: Path) -> Path:
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
-    if not parent.is_dir():
-        raise UserError(f"--out {path}: {parent} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"--out {path}: directory {parent} is not writable")
+    return parent
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,8 +89,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--days must be a positive number, got {args.days}")
     if args.format not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {args.format!r}")
-    out = Path(args.out)
-    _check_out(out)
+    from gru4rec.foundation.atomic import check_output_file
+
+    out = check_output_file(args.out)
+    _check_size(args, out)
 
     from data_prep import synth
 

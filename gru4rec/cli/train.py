@@ -10,7 +10,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser(
         "train",
         parents=[common],
-        help="train GRU4Rec on a session file",
+        help="train GRU4Rec (or SASRec) on a session file",
         description=(
             "Train GRU4Rec on TRAIN (a session file with the header SessionId ItemId Time, as written by "
             "`gru4rec prepare`) and write the model directory OUT: weights (loadable with "
@@ -25,8 +25,9 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     p.add_argument("--valid", metavar="VALID", help="validation session file, evaluated after every epoch")
     p.add_argument(
         "--params", metavar="NAME_OR_FILE",
-        help="built-in parameter set (rsc15-xe, retailrocket-bprmax) or a TOML/JSON parameter file; "
-        "unset parameters keep the reference defaults",
+        help="built-in parameter set (rsc15-xe, retailrocket-bprmax; sasrec for a SASRec transformer) or a "
+        "TOML/JSON parameter file; unset parameters keep the defaults. A file or --set with "
+        "architecture=sasrec trains SASRec (see docs/hyperparameters.md)",
     )
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -17,13 +17,14 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
             "command continues it until it holds --trials finished trials. Writes DIR/best_params.toml "
             "(for `gru4rec train --params`; n_epochs is the selected epoch), DIR/trials.csv and "
             "DIR/tune.json, and prints the trial table. The space file format is described in "
-            "gru4rec/tune.py; built-in spaces: xe, bprmax."
+            "gru4rec/tuning/search.py; built-in spaces: xe, bprmax (GRU4Rec), sasrec (SASRec: the space sets "
+            "architecture = \"sasrec\")."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("train", metavar="TRAIN", help="training session file (e.g. *_train_tr)")
     p.add_argument("valid", metavar="VALID", help="validation session file (e.g. *_train_valid)")
-    p.add_argument("--space", required=True, metavar="SPACE", help="search-space TOML file or built-in space name (xe, bprmax)")
+    p.add_argument("--space", required=True, metavar="SPACE", help="search-space TOML file or built-in space name (xe, bprmax, sasrec)")
     p.add_argument("--trials", type=int, required=True, metavar="N", help="finished trials the study should hold")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--storage", metavar="URL", help="optuna storage URL (default: sqlite:///DIR/study.db)")
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from gru4rec.training.params import load_params
     from gru4rec.tuning.search import load_space, tune
 
-    base = load_params(args.params)
+    base = load_params(args.params) if args.params else None  # None: the space's architecture's defaults
     space = load_space(args.space, base)
     result = tune(
         args.train, args.valid, space, args.trials, args.out,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 from gru4rec.foundation.errors import UserError
@@ -23,3 +26,15 @@ def resolve_device(name: str = "auto") -> torch.device:
     elif device.type != "cpu":
         raise UserError(f"--device {name!r}: expected auto, cpu or cuda[:n]")
     return device
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with `n` torch intra-op threads (None: leave the setting alone), then restore it."""
+    previous = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

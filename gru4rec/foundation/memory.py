@@ -21,3 +21,29 @@ def release_arrow_memory() -> None:
 
     with contextlib.suppress(AttributeError):  # pyarrow < 16 has no release_unused
         pa.default_memory_pool().release_unused()
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate: MemAvailable, capped by a container's (cgroup) limit.
+    None where the system does not say (not Linux)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            available = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # cgroup v2
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),  # v1
+    ):
+        with contextlib.suppress(OSError, ValueError):
+            with open(limit_file) as lim, open(usage_file) as use:
+                available = min(available, max(0, int(lim.read().strip()) - int(use.read().strip())))
+    return available
+
+
+def format_bytes(n: float) -> str:
+    """1.5 GB, 320 MB, 12 kB: sizes in messages (decimal units, like df -H)."""
+    for unit, size in (("PB", 1e15), ("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{int(n)} B"

@@ -19,8 +19,6 @@ import io
 import json
 import logging
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,9 +28,9 @@ import torch
 from torch import Tensor, nn
 
 import gru4rec
-from gru4rec.foundation.atomic import atomic_file
+from gru4rec.foundation.atomic import atomic_file, scratch_dir
 from gru4rec.model.checkpoint import Checkpoint, load_checkpoint
-from gru4rec.foundation.errors import UserError
+from gru4rec.foundation.errors import GRU4RecError, UserError
 from gru4rec.model.network import GRU4Rec
 
 log = logging.getLogger("gru4rec.model.export")
@@ -48,6 +46,12 @@ EXPORTER_LOG_LEVELS = {
     "torch.onnx._internal.exporter._registration": logging.ERROR,  # "torchvision is not installed"
 }
 VERIFY_ATOL = 1e-4  # float32 kernels differ between eager, TorchScript and onnxruntime by ~1e-6
+
+
+class ExportError(GRU4RecError):
+    """The exporter failed, or its file does not compute what the model computes: nothing is replaced.
+
+    Exit code 2, like any unusable result (see gru4rec.foundation.errors)."""
 
 
 class StepAndScore(nn.Module):
@@ -171,7 +175,7 @@ def _export_onnx(wrapper: StepAndScore, example: tuple[Tensor, Tensor], out: Pat
                 dynamic_shapes={"items": {0: batch}, "hidden": {0: batch}},
             )
     except Exception as exc:  # the exporter raises its own error types; keep the first line
-        raise RuntimeError(f"ONNX export failed: {str(exc).strip().splitlines()[0]}") from exc
+        raise ExportError(f"ONNX export failed: {str(exc).strip().splitlines()[0]}") from exc
     finally:
         if chatter.getvalue():
             log.debug("torch.onnx: %s", chatter.getvalue().strip())
@@ -198,14 +202,10 @@ def _atomic_files(out: Path) -> Iterator[Path]:
     """A path with `out`'s name in a temporary directory beside it; whatever gets written there
     (the model and, above 2 GB, its external-data file, referenced by name) replaces its namesake
     beside `out` only if the block succeeds."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with scratch_dir(out) as tmp_dir:  # locked while in use; a killed export's is removed next time
         yield tmp_dir / out.name
         for produced in sorted(tmp_dir.iterdir(), key=lambda p: p.name == out.name):  # the model last
             os.replace(produced, out.parent / produced.name)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def verify_export(out: Path, fmt: str, wrapper: StepAndScore, steps: int = 2) -> float:
@@ -225,7 +225,7 @@ def verify_export(out: Path, fmt: str, wrapper: StepAndScore, steps: int = 2) ->
             worst = max(worst, float((got_hidden - want_hidden).abs().max()), float((got_scores - want_scores).abs().max()))
             hidden, expected_hidden = got_hidden, want_hidden
     if worst > VERIFY_ATOL:
-        raise RuntimeError(f"{out}: exported {fmt} model differs from the eager model by {worst:.3g}")
+        raise ExportError(f"{out}: exported {fmt} model differs from the eager model by {worst:.3g}")
     return worst
 
 

@@ -19,11 +19,12 @@ import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from gru4rec.foundation.errors import UserError
 from gru4rec.foundation.values import parse_value
-from gru4rec.model.config import MODEL_FIELDS, ModelConfig
+from gru4rec.model.config import ARCHITECTURE, MODEL_FIELDS, ModelConfig
+from gru4rec.training import sasrec_params
 from gru4rec.training.settings import TRAINING_FIELDS, TrainingSettings
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class HyperParams:
     read by its name too (`params.batch_size` is `params.training.batch_size`).
     """
 
+    architecture: ClassVar[str] = ARCHITECTURE
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingSettings = field(default_factory=TrainingSettings)
 
@@ -82,21 +84,37 @@ class HyperParams:
         return "HyperParams(" + ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items()) + ")"
 
 
-def from_mapping(values: dict[str, Any], source: str = "parameters") -> HyperParams:
-    """Build from a dict, rejecting unknown names (with a suggestion) and ill-typed values."""
-    unknown = [k for k in values if k not in FIELDS]
-    if unknown:
-        hints = []
-        for name in unknown:
-            close = difflib.get_close_matches(name, FIELDS, n=1)
-            hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise UserError(f"{source}: unknown parameter(s) {', '.join(hints)}; known: {', '.join(FIELDS)}")
-    typed = {k: _coerce(k, v, source) for k, v in values.items()}
+def from_mapping(values: dict[str, Any], source: str = "parameters") -> HyperParams | sasrec_params.SASRecParams:
+    """Build from a dict, rejecting unknown names (with a suggestion) and ill-typed values.
+
+    `architecture = "sasrec"` among the values gives SASRec's parameters instead
+    (gru4rec.training.sasrec_params); "gru4rec", the default, these.
+    """
+    architecture = values.get("architecture", ARCHITECTURE)
+    if architecture != ARCHITECTURE:
+        if architecture != sasrec_params.ARCHITECTURE:
+            raise UserError(f"{source}: unknown architecture {architecture!r}: use gru4rec or sasrec")
+        return sasrec_params.from_mapping(values, source)
+    values = {k: v for k, v in values.items() if k != "architecture"}
+    check_names(values, FIELDS, source)
+    typed = {k: coerce(k, v, source) for k, v in values.items()}
     return HyperParams(**typed)
 
 
-def _coerce(name: str, value: Any, source: str) -> Any:
-    kind = FIELDS[name].type
+def check_names(values: dict[str, Any], fields: dict[str, Any], source: str) -> None:
+    """Refuse names that are not parameters, suggesting the closest known name."""
+    unknown = [k for k in values if k not in fields]
+    if unknown:
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, fields, n=1)
+            hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise UserError(f"{source}: unknown parameter(s) {', '.join(hints)}; known: {', '.join(fields)}")
+
+
+def coerce(name: str, value: Any, source: str, fields: dict[str, Any] = FIELDS) -> Any:
+    """`value` as the type of the dataclass field `fields[name]` (tuple of ints, bool, int, float, str)."""
+    kind = fields[name].type
     try:
         if kind == "tuple[int, ...]":
             if isinstance(value, str):
@@ -142,7 +160,9 @@ def builtin_names() -> list[str]:
     )
 
 
-def load_params(name_or_file: str | None = None, overrides: list[str] | None = None) -> HyperParams:
+def load_params(
+    name_or_file: str | None = None, overrides: list[str] | None = None
+) -> HyperParams | sasrec_params.SASRecParams:
     """Defaults, then a built-in set or a TOML/JSON file, then `key=value` overrides."""
     values: dict[str, Any] = {}
     if name_or_file:
@@ -177,7 +197,7 @@ def _read_params_source(name_or_file: str) -> dict[str, Any]:
     return data
 
 
-def save_params(params: HyperParams, path: str | Path) -> None:
+def save_params(params: HyperParams | sasrec_params.SASRecParams, path: str | Path) -> None:
     """Write a TOML parameter file that `--params` accepts."""
     from gru4rec.foundation.atomic import atomic_file
 

@@ -17,15 +17,20 @@ import torch
 from torch import Tensor
 
 from gru4rec.data.sessions import ItemMap, Sessions, load_eval_data, load_training_data
-from gru4rec.evaluation.protocol import DEFAULT_CUTOFFS, ModelScorer, check_metric, evaluate
-from gru4rec.foundation.devices import resolve_device
+from gru4rec.evaluation.protocol import DEFAULT_CUTOFFS, check_metric, evaluate
+from gru4rec.evaluation.scorers import model_scorer
+from gru4rec.foundation.devices import resolve_device, torch_threads
 from gru4rec.foundation.errors import UserError
+from gru4rec.foundation.atomic import check_output_dir
 from gru4rec.model.checkpoint import (
+    MODEL_FILE,
+    MODEL_OUTPUT,
     OPTIMIZER_FILE,
     Checkpoint,
     load_checkpoint,
     load_optimizer_state,
     load_resume_state,
+    load_weights,
     model_config,
     read_metadata,
     save_checkpoint,
@@ -33,11 +38,15 @@ from gru4rec.model.checkpoint import (
 )
 from gru4rec.model.network import GRU4Rec
 from gru4rec.training import distributed as ddp
+from gru4rec.training import sasrec
 from gru4rec.training.params import HyperParams
 from gru4rec.training.trainer import EpochStats, Trainer
 from gru4rec.training.warm_start import check_compatible, warm_start_model, warm_start_optimizer_state
 
 log = logging.getLogger(__name__)
+
+MAX_SEED = 2**63 - 1 - 1024  # torch takes 64-bit seeds; distributed ranks add their rank
+PROBE_ITEMS = 8
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,10 @@ class TrainOptions:
     keep_vanished_items: bool = True
     threads: int | None = None
 
+    def __post_init__(self) -> None:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise UserError(f"--seed must be an integer from 0 to {MAX_SEED}, got {self.seed}")
+
 
 def train(
     train_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], params: HyperParams, **options: Any
@@ -66,6 +79,8 @@ def train(
     job: it trains on its shard of the sessions, and rank 0 validates and writes MODEL_DIR.
     """
     opts = TrainOptions(**options)
+    if params.architecture == sasrec.ARCHITECTURE:
+        sasrec.check_options(opts)
     dev = resolve_device(opts.device)
     ctx = ddp.init_from_env(dev.type) if opts.distributed else None
     if ctx is not None and dev.type == "cuda":
@@ -124,7 +139,7 @@ class _Validation:
     def score(self, model: GRU4Rec, device: torch.device, batch_size: int) -> dict[str, float]:
         model.eval()
         result = evaluate(
-            ModelScorer(model), self.sessions, self.cutoffs, ties="conservative", batch_size=batch_size,
+            model_scorer(model), self.sessions, self.cutoffs, ties="conservative", batch_size=batch_size,
             device=device, n_unknown=self.n_unknown, list_metrics=False,
         )
         return result.metrics
@@ -132,6 +147,8 @@ class _Validation:
 
 def _make_trainer(data: _Data, params: HyperParams, opts: TrainOptions, dev: torch.device, ctx) -> tuple[Trainer, dict | None]:
     """The trainer (this rank's shard when distributed), warm-started when there is a base model."""
+    if params.architecture == sasrec.ARCHITECTURE:
+        return sasrec.SASRecTrainer(params, data.sessions, data.counts, dev, opts.seed, threads=opts.threads), None
     model, warm = None, None
     if data.base is not None:
         model, warm = warm_start_model(data.base, data.item_map, params.model)
@@ -177,6 +194,8 @@ class _Run:
 
     @classmethod
     def start(cls, train_path, out_dir: Path, params: HyperParams, opts: TrainOptions, dev, ctx) -> _Run:
+        if ctx is None or ctx.is_main:  # rank 0 writes; check before hours of training, not after them
+            out_dir = check_output_dir(out_dir, MODEL_OUTPUT)
         data = _read_data(train_path, params, opts)
         validation = _Validation.read(opts.valid_path, data.item_map, opts.metric) if opts.valid_path is not None else None
         trainer, warm = _make_trainer(data, params, opts, dev, ctx)
@@ -200,6 +219,7 @@ class _Run:
         n_epochs = self.params.training.n_epochs
         for epoch in range(self.first_epoch, n_epochs + 1):
             stats = self.trainer.train_epoch(epoch)
+            check_not_diverged(self.trainer.model, epoch, self.out_dir)
             if self.is_main:
                 self._validate(epoch, stats)
             self.history.append(stats)
@@ -213,7 +233,8 @@ class _Run:
     def _validate(self, epoch: int, stats: EpochStats) -> None:
         if self.validation is None:
             return
-        stats.valid = self.validation.score(self.trainer.model, self.device, self.opts.eval_batch_size)
+        with torch_threads(self.trainer.threads):  # as many threads as training (more collapse on a busy CPU)
+            stats.valid = self.validation.score(self.trainer.model, self.device, self.opts.eval_batch_size)
         value = stats.valid[self.validation.metric]
         if self.best is None or value > self.best.value:
             self.best = _Best(value, epoch, copy.deepcopy(self.trainer.model.state_dict()))
@@ -256,11 +277,17 @@ class _Run:
         state = load_resume_state(out_dir, dev)
         if state is None:
             raise UserError(f"{out_dir}: nothing to resume (the run there finished, or never wrote an epoch)")
-        recorded = {**model_config(metadata, out_dir).to_dict(), **training_settings(metadata)}
-        if recorded != self.params.to_dict():
+        recorded = {**model_config(metadata, out_dir, (self.params.architecture,)).to_dict(), **training_settings(metadata)}
+        if recorded != {k: v for k, v in self.params.to_dict().items() if k != "architecture"}:
             raise UserError(f"{out_dir}: was trained with other parameters; resume with the same --params/--set")
         if list(metadata["item_ids"]) != [str(i) for i in self.data.item_map.ids]:
             raise UserError(f"{out_dir}: was trained on another training file; resume with the same TRAIN")
+        seed = metadata["training"].get("seed", self.opts.seed)
+        if seed != self.opts.seed:
+            raise UserError(
+                f"{out_dir}: was trained with --seed {seed}; resume with --seed {seed} (resuming continues "
+                f"that run's random streams, so another seed would not take effect)"
+            )
         trainer.model.load_state_dict(state["weights"])
         optimizer_state = load_optimizer_state(out_dir, dev)
         if optimizer_state is None:
@@ -270,10 +297,46 @@ class _Run:
         torch.set_rng_state(state["torch_rng"].cpu())
         self.history = [EpochStats(**e) for e in metadata["training"]["epochs"]]
         if state["best_epoch"]:
-            best_weights = torch.load(out_dir / "model.pt", map_location=dev, weights_only=True)
+            best_weights = load_weights(out_dir / MODEL_FILE, dev)
             self.best = _Best(float(state["best_value"]), int(state["best_epoch"]), best_weights)
         self.first_epoch = int(state["epoch"]) + 1
         log.info("resuming %s after epoch %d", out_dir, state["epoch"])
+
+
+@torch.no_grad()
+def check_not_diverged(model: torch.nn.Module, epoch: int, out_dir: Path) -> None:
+    """Stop a run whose epoch left garbage: weights that are not finite, or a network whose steps or
+    scores overflow float32 (learning_rate=1e30 leaves finite weights near 1e30 whose scores are NaN).
+
+    Cheap: one pass over the weights and two steps of a few items, one at a time (as the service
+    steps a session) and together (as evaluation does); their results can differ in how they overflow.
+    """
+    kept = f"{out_dir} keeps the epoch written before" if out_dir.exists() else f"nothing was written to {out_dir}"
+    advice = f"lower learning_rate and train again ({kept})"
+    for name, weights in model.named_parameters():
+        if not bool(torch.isfinite(weights).all()):
+            raise UserError(f"training diverged in epoch {epoch}: the weights {name} became NaN or infinite; {advice}")
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        items = torch.arange(min(model.n_items, PROBE_ITEMS), device=device)
+        outputs = [_probe(model, items)] + [_probe(model, items[i : i + 1]) for i in range(len(items))]
+    finally:
+        model.train(was_training)
+    if not all(bool(torch.isfinite(t).all()) for t in outputs):
+        largest = max(float(w.abs().max()) for w in model.parameters())
+        raise UserError(
+            f"training diverged in epoch {epoch}: the network's scores overflow (largest weight {largest:.3g}); {advice}"
+        )
+
+
+def _probe(model: torch.nn.Module, items: Tensor) -> Tensor:
+    """The scores of every item after two clicks per row (a non-finite state shows in the scores),
+    through the same scorer evaluation uses, so any architecture can be probed."""
+    scorer = model_scorer(model)
+    state = scorer.step(scorer.begin(len(items)), items)
+    return scorer.score(scorer.step(state, items.roll(1)))
 
 
 def _summary(train_path, data: _Data, params: HyperParams, opts: TrainOptions, dev, ctx, validating: bool) -> dict[str, Any]:

@@ -37,7 +37,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -45,12 +44,19 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from gru4rec.training.params import FIELDS, HyperParams, from_mapping
+from gru4rec.foundation.atomic import OutputKind, check_output_dir, claim_dir, scratch_dir
 from gru4rec.foundation.errors import UserError
+from gru4rec.training.params import HyperParams, from_mapping
 
 log = logging.getLogger(__name__)
 
 SPACE_SUFFIX = ".toml"
+MAX_SEED = 2**32 - 1
+TUNE_OUTPUT = OutputKind(
+    "tuning directory", "gru4rec tune",
+    frozenset({"study.db", "study.db-journal", "study.db-wal", "study.db-shm", "trials.csv", "tune.json", "best_params.toml"}),
+    "study.db",
+)
 DIMENSION_TYPES = ("float", "int", "categorical")
 
 
@@ -82,6 +88,7 @@ class SearchSpace:
     source: str
     fixed: dict[str, Any] = field(default_factory=dict)
     dimensions: tuple[Dimension, ...] = ()
+    base: Any = None  # the parameters the space leaves alone (HyperParams or SASRecParams)
 
 
 def _tidy(value: Any) -> Any:
@@ -131,61 +138,80 @@ def load_space(name_or_file: str, base: HyperParams | None = None) -> SearchSpac
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{source}: not valid TOML ({exc})") from None
-    base = base or HyperParams()
-    fixed: dict[str, Any] = {}
-    dims: list[Dimension] = []
+    architecture = data.get("architecture", HyperParams.architecture)
+    base = base or from_mapping({"architecture": architecture}, source=source)
+    if architecture != base.architecture:
+        raise UserError(f"{source}: a {architecture} space, but --params names {base.architecture} parameters")
+    known = set(base.to_dict()) | {"architecture"}
+    for name in data:
+        if name not in known:  # raises the usual 'unknown parameter' message
+            from_mapping({"architecture": architecture, name: None}, source=source)
+    fixed = {name: spec for name, spec in data.items() if not isinstance(spec, dict)}
+    dims = []
     for name, spec in data.items():
-        where = f"{source}: [{name}]"
-        if name not in FIELDS:
-            from_mapping({name: None}, source=source)  # raises the usual 'unknown parameter' message
-        if not isinstance(spec, dict):
-            fixed[name] = spec
-            continue
-        kind = spec.get("type")
-        if kind not in DIMENSION_TYPES:
-            raise UserError(f"{where}: type must be one of {', '.join(DIMENSION_TYPES)}, got {kind!r}")
-        allowed = {"float": {"type", "low", "high", "log", "step"}, "int": {"type", "low", "high", "log", "step"},
-                   "categorical": {"type", "choices"}}[kind]
-        extra = sorted(set(spec) - allowed)
-        if extra:
-            raise UserError(f"{where}: unexpected key(s) {', '.join(extra)} for type {kind} (allowed: {', '.join(sorted(allowed))})")
-        if kind == "categorical":
-            choices = spec.get("choices")
-            if not isinstance(choices, list) or not choices:
-                raise UserError(f"{where}: categorical needs a non-empty list `choices`")
-            dim = Dimension(name, kind, choices=tuple(choices))
-            values = list(choices)
-        else:
-            low, high, step, use_log = spec.get("low"), spec.get("high"), spec.get("step"), bool(spec.get("log", False))
-            number = (int,) if kind == "int" else (int, float)
-            for key, value in (("low", low), ("high", high)):
-                if isinstance(value, bool) or not isinstance(value, number):
-                    raise UserError(f"{where}: `{key}` must be {'an integer' if kind == 'int' else 'a number'}, got {value!r}")
-            if not low < high:
-                raise UserError(f"{where}: need low < high, got low={low}, high={high}")
-            if step is not None and (isinstance(step, bool) or not isinstance(step, number) or step <= 0):
-                raise UserError(f"{where}: `step` must be a positive {'integer' if kind == 'int' else 'number'}, got {step!r}")
-            if use_log and step is not None and step != 1:
-                raise UserError(f"{where}: `log` and `step` cannot be combined")
-            if use_log and low <= 0:
-                raise UserError(f"{where}: a log range needs low > 0, got {low}")
-            if kind == "float":
-                low, high = float(low), float(high)
-            dim = Dimension(name, kind, low=low, high=high, step=step, log=use_log)
-            values = [low, high]
-        for value in values:  # every value the search can produce must be a valid parameter
-            try:
-                base.replace(**{**fixed, name: value})
-            except UserError as exc:
-                raise UserError(f"{where}: value {value!r} is not a valid {name} ({exc})") from None
-        dims.append(dim)
+        if isinstance(spec, dict):
+            dim, values = _dimension(name, spec, f"{source}: [{name}]")
+            _check_values(base, fixed, dim, values, f"{source}: [{name}]")
+            dims.append(dim)
     if not dims:
         raise UserError(f"{source}: nothing to search (add at least one [name] table with a type)")
     try:
         base.replace(**fixed)
     except UserError as exc:
         raise UserError(f"{source}: {exc}") from None
-    return SearchSpace(source, fixed, tuple(dims))
+    return SearchSpace(source, fixed, tuple(dims), base)
+
+
+_ALLOWED_KEYS = {
+    "float": {"type", "low", "high", "log", "step"},
+    "int": {"type", "low", "high", "log", "step"},
+    "categorical": {"type", "choices"},
+}
+
+
+def _dimension(name: str, spec: dict[str, Any], where: str) -> tuple[Dimension, list[Any]]:
+    """One [name] table as a Dimension, with the extreme values the search can produce."""
+    kind = spec.get("type")
+    if kind not in DIMENSION_TYPES:
+        raise UserError(f"{where}: type must be one of {', '.join(DIMENSION_TYPES)}, got {kind!r}")
+    allowed = _ALLOWED_KEYS[kind]
+    extra = sorted(set(spec) - allowed)
+    if extra:
+        raise UserError(f"{where}: unexpected key(s) {', '.join(extra)} for type {kind} (allowed: {', '.join(sorted(allowed))})")
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise UserError(f"{where}: categorical needs a non-empty list `choices`")
+        return Dimension(name, kind, choices=tuple(choices)), list(choices)
+    return _range_dimension(name, kind, spec, where)
+
+
+def _range_dimension(name: str, kind: str, spec: dict[str, Any], where: str) -> tuple[Dimension, list[Any]]:
+    low, high, step, use_log = spec.get("low"), spec.get("high"), spec.get("step"), bool(spec.get("log", False))
+    number = (int,) if kind == "int" else (int, float)
+    for key, value in (("low", low), ("high", high)):
+        if isinstance(value, bool) or not isinstance(value, number):
+            raise UserError(f"{where}: `{key}` must be {'an integer' if kind == 'int' else 'a number'}, got {value!r}")
+    if not low < high:
+        raise UserError(f"{where}: need low < high, got low={low}, high={high}")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, number) or step <= 0):
+        raise UserError(f"{where}: `step` must be a positive {'integer' if kind == 'int' else 'number'}, got {step!r}")
+    if use_log and step is not None and step != 1:
+        raise UserError(f"{where}: `log` and `step` cannot be combined")
+    if use_log and low <= 0:
+        raise UserError(f"{where}: a log range needs low > 0, got {low}")
+    if kind == "float":
+        low, high = float(low), float(high)
+    return Dimension(name, kind, low=low, high=high, step=step, log=use_log), [low, high]
+
+
+def _check_values(base: HyperParams, fixed: dict[str, Any], dim: Dimension, values: list[Any], where: str) -> None:
+    """Every value the search can produce must be a valid parameter."""
+    for value in values:
+        try:
+            base.replace(**{**fixed, dim.name: value})
+        except UserError as exc:
+            raise UserError(f"{where}: value {value!r} is not a valid {dim.name} ({exc})") from None
 
 
 @dataclass
@@ -237,65 +263,18 @@ def tune(
     eval_batch_size: int = 512,
 ) -> TuneResult:
     """Run (or continue) the study until it has n_trials finished trials; write the best parameters."""
-    import optuna
     from optuna.trial import TrialState
 
-    from gru4rec.data.sessions import load_eval_data, load_training_data
-    from gru4rec.evaluation.protocol import check_metric
-    from gru4rec.foundation.devices import resolve_device
-    from gru4rec.training.run import train
-
-    if n_trials < 1:
-        raise UserError(f"--trials must be >= 1, got {n_trials}")
-    if timeout is not None and timeout <= 0:
-        raise UserError(f"--timeout must be > 0 seconds, got {timeout}")
-    check_metric(metric)
-    resolve_device(device)
-    base = base or HyperParams()
-    out = Path(out_dir)
-    # fail on bad files now, not as a string of failed trials
-    _, item_map, _, _ = load_training_data(train_path)
-    check_metric(metric, len(item_map))  # the same rule the trials' training applies
-    load_eval_data(valid_path, item_map)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(out_dir, TUNE_OUTPUT, replace=False)
+    _check_inputs(train_path, valid_path, n_trials, timeout, metric, device, seed)
+    base = base or space.base or HyperParams()
+    if storage is None:  # else the study opens first: a bad --storage leaves no empty --out behind
+        claim_dir(out, TUNE_OUTPUT)
     storage = storage or f"sqlite:///{out / 'study.db'}"
-    _configure_optuna_logging()
-    try:
-        study = optuna.create_study(
-            study_name=study_name, storage=storage, direction="maximize", load_if_exists=True,
-            sampler=optuna.samplers.TPESampler(seed=seed + len(_existing_trials(storage, study_name))),
-        )
-    except (ValueError, ImportError, optuna.exceptions.OptunaError) as exc:
-        raise UserError(f"--storage {storage!r}: cannot open the study ({exc})") from None
-    previous = study.user_attrs.get("metric")
-    if previous is not None and previous != metric:
-        raise UserError(f"study {study_name!r} in {storage} selects by {previous}; rerun with --metric {previous} or a new --out/--study-name")
-    study.set_user_attr("metric", metric)
-    study.set_user_attr("space", space.source)
-    _recover_interrupted(study)
-
-    def objective(trial: optuna.Trial) -> float:
-        values = {d.name: d.suggest(trial) for d in space.dimensions}
-        params = base.replace(**space.fixed, **values)
-        start = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix=f".trial-{trial.number}-", dir=out) as tmp:
-            try:
-                history = train(
-                    train_path, Path(tmp) / "model", params, valid_path=valid_path, device=device,
-                    seed=seed, metric=metric, eval_batch_size=eval_batch_size,
-                )
-            except UserError as exc:  # e.g. diverged: a bad point of the space, not a bad run
-                trial.set_user_attr("error", str(exc))
-                log.warning("trial %d failed: %s", trial.number, exc)
-                raise optuna.TrialPruned(str(exc)) from None
-        scores = [h.valid[metric] for h in history]
-        best_epoch = int(max(range(len(scores)), key=scores.__getitem__)) + 1
-        trial.set_user_attr("best_epoch", best_epoch)
-        trial.set_user_attr("train_seconds", round(time.perf_counter() - start, 1))
-        trial.set_user_attr("events_per_s", round(sum(h.events_per_s for h in history) / len(history)))
-        trial.set_user_attr("params", params.to_dict())
-        return max(scores)
-
+    study = _open_study(storage, study_name, seed, metric, space)
+    claim_dir(out, TUNE_OUTPUT)
+    train_options = dict(valid_path=valid_path, device=device, seed=seed, metric=metric, eval_batch_size=eval_batch_size)
+    objective = _objective(train_path, space, base, out, metric, train_options)
     done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials(deepcopy=False))
     todo = n_trials - done
     if todo > 0:
@@ -304,6 +283,79 @@ def tune(
     else:
         log.info("study %r already has %d finished trial(s) (>= --trials %d): nothing to run", study_name, done, n_trials)
     return write_outputs(study, out, metric)
+
+
+def _check_inputs(train_path, valid_path, n_trials: int, timeout: float | None, metric: str, device: str, seed: int) -> None:
+    """Fail on bad options and files now, not as a string of failed trials."""
+    from gru4rec.data.sessions import load_eval_data, load_training_data
+    from gru4rec.evaluation.protocol import check_metric
+    from gru4rec.foundation.devices import resolve_device
+
+    if n_trials < 1:
+        raise UserError(f"--trials must be >= 1, got {n_trials}")
+    if timeout is not None and timeout <= 0:
+        raise UserError(f"--timeout must be > 0 seconds, got {timeout}")
+    if not 0 <= seed <= MAX_SEED:  # optuna's sampler takes 32-bit seeds
+        raise UserError(f"--seed must be an integer from 0 to {MAX_SEED}, got {seed}")
+    check_metric(metric)
+    resolve_device(device)
+    _, item_map, _, _ = load_training_data(train_path)
+    check_metric(metric, len(item_map))  # the same rule the trials' training applies
+    load_eval_data(valid_path, item_map)
+
+
+def _open_study(storage: str, study_name: str, seed: int, metric: str, space: SearchSpace):
+    """Create or continue the study; interrupted trials are queued again."""
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    _configure_optuna_logging()
+    try:
+        study = optuna.create_study(
+            study_name=study_name, storage=storage, direction="maximize", load_if_exists=True,
+            sampler=optuna.samplers.TPESampler(seed=(seed + len(_existing_trials(storage, study_name))) % 2**32),
+        )
+    except (ValueError, ImportError, optuna.exceptions.OptunaError, SQLAlchemyError) as exc:
+        raise UserError(f"--storage {storage}: cannot open the study ({_first_line(exc)})") from None
+    previous = study.user_attrs.get("metric")
+    if previous is not None and previous != metric:
+        raise UserError(f"study {study_name!r} in {storage} selects by {previous}; rerun with --metric {previous} or a new --out/--study-name")
+    study.set_user_attr("metric", metric)
+    study.set_user_attr("space", space.source)
+    _recover_interrupted(study)
+    return study
+
+
+def _objective(train_path, space: SearchSpace, base: HyperParams, out: Path, metric: str, train_options: dict[str, Any]):
+    """The function optuna maximises: train one trial's parameters, score its best epoch on VALID."""
+    import optuna
+
+    from gru4rec.training.run import train
+
+    def objective(trial: optuna.Trial) -> float:
+        values = {d.name: d.suggest(trial) for d in space.dimensions}
+        params = base.replace(**space.fixed, **values)
+        start = time.perf_counter()
+        with scratch_dir(out / "trial") as tmp:
+            try:
+                history = train(train_path, tmp / "model", params, **train_options)
+            except UserError as exc:  # e.g. diverged: a bad point of the space, not a bad run
+                trial.set_user_attr("error", str(exc))
+                log.warning("trial %d failed: %s", trial.number, exc)
+                raise optuna.TrialPruned(str(exc)) from None
+        scores = [h.valid[metric] for h in history]
+        trial.set_user_attr("best_epoch", int(max(range(len(scores)), key=scores.__getitem__)) + 1)
+        trial.set_user_attr("train_seconds", round(time.perf_counter() - start, 1))
+        trial.set_user_attr("events_per_s", round(sum(h.events_per_s for h in history) / len(history)))
+        trial.set_user_attr("params", params.to_dict())
+        return max(scores)
+
+    return objective
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def _existing_trials(storage: str, study_name: str) -> list:

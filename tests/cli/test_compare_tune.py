@@ -161,8 +161,8 @@ def test_tune_command_bad_input(tmp_path, split, caplog):
 
 
 def test_builtin_spaces_load_and_are_not_parameter_sets():
-    assert builtin_spaces() == ["bprmax", "xe"]
+    assert builtin_spaces() == ["bprmax", "sasrec", "xe"]
     assert "xe.space" not in builtin_names() and {"rsc15-xe", "retailrocket-bprmax"} <= set(builtin_names())
-    for name in builtin_spaces():
+    for name in ("bprmax", "xe"):  # GRU4Rec's; sasrec's is tested with SASRec (tests/evaluation/test_sasrec_scorer.py)
         space = load_space(name, load_params("rsc15-xe"))
         assert {d.name for d in space.dimensions} >= {"layers", "learning_rate", "n_epochs"}

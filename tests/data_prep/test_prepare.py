@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 from gru4rec.cli import main
+from gru4rec.foundation.atomic import MARKER
 from conftest import FIXTURES, require_shared
 
 DAY = 86400.0
@@ -527,7 +528,7 @@ def test_deterministic_byte_identical_outputs(tmp_path):
     assert prepare(path, *args, "--out", b) == 0
     names = sorted(p.name for p in a.iterdir())
     assert names == sorted(p.name for p in b.iterdir())
-    assert names == sorted([f"{s}.tsv" for s in SPLITS] + [f"{s}.parquet" for s in SPLITS] + ["stats.json"])
+    assert names == sorted([f"{s}.tsv" for s in SPLITS] + [f"{s}.parquet" for s in SPLITS] + ["stats.json", MARKER])
     for name in names:
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
 

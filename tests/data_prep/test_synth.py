@@ -266,6 +266,10 @@ def test_cli_writes_tsv(tmp_path):
         (["--events", "10", "--items", "5", "--seed", "-3"], "--seed"),
         (["--events", "10", "--items", "5", "--format", "csv"], "--format"),
         (["--events", "10", "--items", "5", "--start", "not a date"], "--start"),
+        (["--events", "10", "--items", "5", "--start", "9999-12-31"], "--start: 9999-12-31 plus 7 days lies outside"),
+        (["--events", "10", "--items", "5", "--start", "1969-12-31"], "--start: 1969-12-31 plus 7 days lies outside"),
+        (["--events", "10", "--items", "5", "--days", "1e9"], "plus 1e+09 days lies outside the supported time range"),
+        (["--events", "1000000000000", "--items", "5"], "--events 1000000000000: generating them needs about 64 TB of memory"),
     ],
 )
 def test_cli_bad_values_exit_2(tmp_path, capsys, args, name):
@@ -284,6 +288,15 @@ def test_cli_unwritable_out_exit_2(tmp_path, capsys):
     assert main(["synth", "--events", "10", "--items", "5", "--out", str(tmp_path)]) == 2
     assert "--out" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_cli_refuses_a_file_larger_than_the_free_disk(tmp_path, capsys, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 20_000, 20_000))
+    assert main(["synth", "--events", "1000", "--items", "5", "--out", str(tmp_path / "x.dat")]) == 2
+    assert "--events 1000: the file would take about 48 kB" in capsys.readouterr().err
+    assert main(["synth", "--events", "1000", "--items", "5", "--out", str(tmp_path / "x.dat.gz")]) == 0
 
 
 def test_cli_help(capsys):

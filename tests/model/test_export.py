@@ -18,7 +18,7 @@ from gru4rec.model.checkpoint import load_checkpoint
 from gru4rec.cli import main
 from gru4rec.training.params import load_params
 from gru4rec.foundation.errors import UserError
-from gru4rec.model.export import export_model, sidecar_path
+from gru4rec.model.export import ExportError, export_model, sidecar_path
 from gru4rec.training.run import train
 
 # torch 2.13 flags torch.jit.load as deprecated; loading TorchScript is exactly what is tested here
@@ -175,7 +175,14 @@ def test_a_failed_verification_keeps_the_previous_export(models, tmp_path, monke
     out = tmp_path / "model.pt"
     out.write_bytes(b"previous export")
     monkeypatch.setattr("gru4rec.model.export.VERIFY_ATOL", -1.0)  # every export now "differs"
-    with pytest.raises(RuntimeError, match="differs from the eager model"):
+    with pytest.raises(ExportError, match="differs from the eager model"):
         export_model(models["shared"], out, "torchscript")
     assert out.read_bytes() == b"previous export" and not sidecar_path(out).exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # no temporary files left
+
+
+def test_a_failed_verification_is_a_one_line_error_with_exit_code_2(models, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr("gru4rec.model.export.VERIFY_ATOL", -1.0)
+    code = main(["export", str(models["shared"]), "--format", "torchscript", "--out", str(tmp_path / "m.pt"), "-q"])
+    assert code == 2
+    assert "differs from the eager model" in caplog.text and "Traceback" not in caplog.text

@@ -270,3 +270,12 @@ def test_openapi_documents_the_api(api):
     components = schema["components"]["schemas"]
     assert components["RecommendRequest"]["examples"] and components["RecommendResponse"]["examples"]
     assert components["EventRequest"]["examples"]
+
+
+def test_a_stateless_request_without_items_names_the_missing_field(api):
+    answer = api.post("/v1/recommend", json={"k": 5})
+    assert answer.status_code == 422
+    assert answer.json()["detail"] == [{
+        "loc": ["body", "items"], "type": "missing",
+        "msg": "give the session's clicks in `items`, or a `session_id` of a known session",
+    }]
