@@ -71,7 +71,6 @@ class ModelBundle:
     """A checkpoint plus what the hot path needs: weights as tensors, the catalogue, an optional index."""
 
     def __init__(self, checkpoint: Checkpoint, source: str = "model") -> None:
-        _check_finite(checkpoint.model, source)
         model = checkpoint.model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
@@ -299,15 +298,6 @@ def _top(values: list[float], indices: list[int], k: int) -> TopK:
     while n and values[n - 1] == NEG_INF:
         n -= 1
     return TopK(indices[:n], values[:n], "model")
-
-
-def _check_finite(model: torch.nn.Module, source: str) -> None:
-    """NaN or infinite weights give garbage for every request: refuse them at load."""
-    for name, p in model.named_parameters():
-        flat = p.detach().reshape(-1)
-        for chunk in flat.split(1 << 24):
-            if not bool(torch.isfinite(chunk).all()):
-                raise ModelUnavailable(f"{source}: the weights {name} hold NaN or infinite values; retrain the model")
 
 
 def _check_counts(counts: Any, n_items: int, source: str) -> np.ndarray:

@@ -28,12 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
+from gru4rec.model.checkpoint import SERVING_INDEX_PREFIX, SERVING_INDEX_SUFFIX
 from service.retrieval import FORMAT, IndexParams, MipsIndex
 
 log = logging.getLogger(__name__)
 
-PREFIX = "serving-index-"
-SUFFIX = ".faiss"
+PREFIX = SERVING_INDEX_PREFIX  # the model directory's rules (gru4rec.model.checkpoint) know these names
+SUFFIX = SERVING_INDEX_SUFFIX
 KEEP_IN_CACHE_DIR = 4
 _TMP = re.compile(r"^\.serving-index-[0-9a-f]+\.(\d+)\.tmp$")
 

@@ -204,3 +204,20 @@ def test_a_reload_swaps_the_model_and_its_index_together(tmp_path):
                 if item in scores:
                     assert score == pytest.approx(scores[item], rel=1e-4, abs=1e-4)
         assert np.mean(overlaps) > 0.9  # the new model's own index: the old one would find other items
+
+
+def test_a_model_directory_with_a_cached_index_is_still_a_model_directory(tmp_path):
+    """The cached index (and a killed write's temporary) belong to the model directory: `train --out`
+    and `--resume` still accept it as their own, and everything that loads a model still loads it."""
+    from gru4rec.foundation.atomic import check_output_dir
+    from gru4rec.model.checkpoint import MODEL_OUTPUT, load_checkpoint
+
+    model = copy_model(model_big(), tmp_path / "m")
+    load_bundle(model, RetrievalSettings(mode="index", nprobe=4, candidates=50), warmup_steps=0)
+    assert len(_cached(model)) == 1
+    (model / f".{_cached(model)[0].removesuffix('.faiss')}.999999.tmp").write_bytes(b"half an index")
+    assert check_output_dir(model, MODEL_OUTPUT) == model
+    assert len(load_checkpoint(model).item_map) == load_bundle(model, warmup_steps=0).n_items
+    (model / "notes.txt").write_text("mine")
+    with pytest.raises(Exception, match="notes.txt"):
+        check_output_dir(model, MODEL_OUTPUT)

@@ -123,3 +123,19 @@ def test_an_app_never_reports_ready_with_nan_weights(tmp_path):
     with pytest.raises(ModelUnavailable, match="NaN"):
         with client(bad):
             pass
+
+
+def test_serve_refuses_a_sasrec_model_in_one_line(tmp_path, no_server, capsys):
+    """Serving runs GRU4Rec networks only: a SASRec model directory is one clear error, exit 2."""
+    import numpy as np
+
+    from gru4rec.data.sessions import ItemMap
+    from gru4rec.model.checkpoint import save_checkpoint
+    from gru4rec.model.sasrec import SASRec, SASRecConfig
+
+    model = SASRec(11, SASRecConfig(hidden_size=16, n_blocks=1, n_heads=2, ff_size=24, max_len=8)).eval()
+    save_checkpoint(tmp_path / "m", model, ItemMap.from_ids(range(11)), np.ones(11), {})
+    assert main(["serve", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "'sasrec' model" in err and str(tmp_path / "m") in err
