@@ -26,6 +26,8 @@ the same load generator, for before/after tables.
     .venv/bin/python benchmarks/serve_latency.py                      # everything (prepares models once)
     .venv/bin/python benchmarks/serve_latency.py --models 37k --rates 500 --duration 10
     .venv/bin/python benchmarks/serve_latency.py --models 1.8m --scenarios click --rates 250 500 --overlap 500
+    .venv/bin/python benchmarks/serve_latency.py --models 1.8m --scenarios click --two-workers no --rates \
+        --overlap 500 --rebuild-index                                 # overlap and index build time only
 
 Models and data are cached in --work-dir; results are printed as a table and written to
 WORK_DIR/results.json.
@@ -340,7 +342,8 @@ def measure(args, name: str, model_dir: Path, scenario: str, workers: int, use_r
     results = []
     try:
         server.wait_ready(args.start_timeout)
-        run_point(server.port, scenario, items, min(250, args.rates[0]), 3.0, seed=1)  # warm-up (threads, allocator, caches)
+        if args.rates:  # warm-up (threads, allocator, caches)
+            run_point(server.port, scenario, items, min(250, args.rates[0]), 3.0, seed=1)
         for j, rate in enumerate(args.rates):
             cpu_before, batches_before = server.cpu_seconds(), server.batch_counters()
             latency, service, errors, elapsed = run_point(server.port, scenario, items, rate, args.duration, seed=100 + j)
@@ -443,7 +446,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["3k", "37k", "100k"], choices=["3k", "37k", "100k", "1.8m"])
     parser.add_argument("--scenarios", nargs="+", default=["click", "history"], choices=["click", "history"])
-    parser.add_argument("--rates", nargs="+", type=float, default=[100, 250, 500], help="requests per second")
+    parser.add_argument("--rates", nargs="*", type=float, default=[100, 250, 500],
+                        help="requests per second (none: only start the server, e.g. for --overlap)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per rate")
     parser.add_argument("--two-workers", choices=["yes", "no"], default="yes", help="also run (a) with 2 workers + Redis")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/gru4rec-serve-latency"))

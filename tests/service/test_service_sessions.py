@@ -288,3 +288,24 @@ def test_app_evicts_least_recent_sessions():
         text = api.get("/metrics").text
         assert 'gru4rec_session_evictions_total{reason="lru"} 1.0' in text
         assert "gru4rec_sessions 2.0" in text
+
+
+def test_a_click_on_a_session_this_process_wrote_last_is_one_redis_round_trip(redis_prefix, monkeypatch):
+    """The usual click (the session's previous click came to this process) costs one command to Redis:
+    the compare-and-set script, with no read before it."""
+    import redis.asyncio
+
+    commands = []
+    execute = redis.asyncio.Redis.execute_command
+
+    async def counting(self, *args, **options):
+        commands.append(args[0])
+        return await execute(self, *args, **options)
+
+    monkeypatch.setattr(redis.asyncio.Redis, "execute_command", counting)
+    with client(model_a(), redis_url=REDIS_URL, redis_prefix=redis_prefix) as api:
+        assert api.post("/v1/sessions/rt-1/events", json={"item_id": "1010"}).status_code == 200
+        commands.clear()
+        for item in ("1011", "1012", "1013", "1014"):
+            assert api.post("/v1/sessions/rt-1/events", json={"item_id": item, "k": 5}).status_code == 200
+        assert commands == ["EVALSHA"] * 4, commands
