@@ -459,6 +459,7 @@ def main() -> int:
                         help="remove cached top-k indexes first, so the server's start-up builds (and times) one")
     parser.add_argument("--start-timeout", type=float, default=600, help="seconds to wait for a server to be ready")
     parser.add_argument("--retrieval", choices=["auto", "index", "exact"], help="GRU4REC_RETRIEVAL for the server")
+    parser.add_argument("--results", type=Path, help="where to write the rows as JSON (default WORK_DIR/results.json)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args.work_dir.mkdir(parents=True, exist_ok=True)
@@ -486,7 +487,7 @@ def main() -> int:
             results += measure(args, name, model_dir, scenario, 1, use_redis=False)
             if scenario == "click" and args.two_workers == "yes":
                 results += measure(args, name, model_dir, scenario, 2, use_redis=True)
-    out = args.work_dir / "results.json"
+    out = args.results or args.work_dir / "results.json"
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps([asdict(r) for r in results], indent=1))
     os.replace(tmp, out)

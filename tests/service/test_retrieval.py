@@ -221,3 +221,37 @@ def test_a_model_directory_with_a_cached_index_is_still_a_model_directory(tmp_pa
     (model / "notes.txt").write_text("mine")
     with pytest.raises(Exception, match="notes.txt"):
         check_output_dir(model, MODEL_OUTPUT)
+
+
+def test_requests_are_answered_while_a_reload_builds_the_index(tmp_path, monkeypatch):
+    """The new model's index is built in the background: until it is ready, the old model and its
+    index keep answering; then both are swapped together."""
+    from service import engine
+
+    other = synthetic_model(tmp_path / "other", 20_000, seed=12)
+    served = copy_model(model_big(), tmp_path / "served")
+    building, release = threading.Event(), threading.Event()
+    build = engine.build_index
+
+    def held_build(*args, **kwargs):
+        building.set()
+        assert release.wait(30)
+        return build(*args, **kwargs)
+
+    with client(served, retrieval="index", api_key="k") as api:
+        before = api.get("/v1/model").json()["model_version"]
+        swap_model(other, served)
+        monkeypatch.setattr(engine, "build_index", held_build)
+        reloads = []
+        reload = threading.Thread(target=lambda: reloads.append(api.post("/v1/admin/reload", headers={"X-API-Key": "k"})))
+        reload.start()
+        try:
+            assert building.wait(30)
+            for j in range(5):
+                answer = api.post("/v1/recommend", json={"items": [f"i{j}"], "k": 10})
+                assert answer.status_code == 200 and answer.json()["model_version"] == before
+        finally:
+            release.set()
+            reload.join(60)
+        assert reloads[0].status_code == 200 and reloads[0].json()["changed"] is True
+        assert api.post("/v1/recommend", json={"items": ["i1"], "k": 10}).json()["model_version"] != before
