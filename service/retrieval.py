@@ -34,6 +34,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 FORMAT = "ivf-pq4fs-ip-v1"  # changes whenever the index layout or its transform changes
+SCAN_PER_CANDIDATE = 20  # least items the coarse search scans per candidate it returns (default nprobe)
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,14 @@ class IndexParams:
 
     @classmethod
     def for_catalogue(cls, n_items: int, nprobe: int | None, candidates: int) -> IndexParams:
-        """About sqrt(N) cells, each with at least ~40 items; by default an eighth of them searched."""
+        """About sqrt(N) cells, each with at least ~40 items. By default an eighth of them is searched,
+        and at least enough cells to hold SCAN_PER_CANDIDATE items per candidate: on a small catalogue
+        an eighth of the cells holds fewer items than the candidates asked for (2,873 items: 53 cells,
+        7 searched, ~380 items for 500 candidates; Recall@20 8.7% under exact), while from about
+        200,000 items on an eighth of the cells already holds over a hundred items per candidate."""
         n_lists = int(min(65536, max(1, min(math.sqrt(n_items), n_items / 40))))
-        nprobe = max(1, round(n_lists / 8)) if nprobe is None else nprobe
+        if nprobe is None:
+            nprobe = max(1, round(n_lists / 8), math.ceil(SCAN_PER_CANDIDATE * candidates * n_lists / max(n_items, 1)))
         return cls(n_lists=n_lists, nprobe=min(nprobe, n_lists), candidates=candidates)
 
 

@@ -255,3 +255,16 @@ def test_requests_are_answered_while_a_reload_builds_the_index(tmp_path, monkeyp
             reload.join(60)
         assert reloads[0].status_code == 200 and reloads[0].json()["changed"] is True
         assert api.post("/v1/recommend", json={"items": ["i1"], "k": 10}).json()["model_version"] != before
+
+
+@pytest.mark.parametrize("n_items", [2_873, 37_483, 200_000, 1_896_110])
+def test_the_default_search_scans_many_items_per_candidate(n_items):
+    """An eighth of the cells, and never fewer cells than hold 20 items per candidate (a small
+    catalogue's eighth would not even hold the candidates asked for)."""
+    from service.retrieval import SCAN_PER_CANDIDATE, IndexParams
+
+    params = IndexParams.for_catalogue(n_items, None, 500)
+    scanned = params.nprobe * n_items / params.n_lists
+    assert scanned >= min(n_items, SCAN_PER_CANDIDATE * 500) * 0.99
+    assert params.nprobe >= round(params.n_lists / 8) and params.nprobe <= params.n_lists
+    assert IndexParams.for_catalogue(n_items, 3, 500).nprobe == 3  # a setting is taken as given
