@@ -8,7 +8,7 @@ next item is among the 20) and MRR@20 (1/rank, 0 beyond 20). Events with items t
 know are left out as in `gru4rec evaluate`; the offline `evaluate` figures (full ranking) are printed
 beside them for reference.
 
-    python benchmarks/serve_accuracy.py [--epochs 10] [--nprobe 48] [--candidates 200]
+    python benchmarks/serve_accuracy.py [--epochs 10] [--nprobe N] [--candidates N]   # default: the service's
 """
 
 from __future__ import annotations
