@@ -1,8 +1,8 @@
 """Latency of `gru4rec serve` under open-loop load, over real HTTP on localhost.
 
-For each model (3k items: RSC15 100k sample, rsc15-xe parameters, 1 epoch; 37k and 100k items:
-synthetic logs from data_prep.synth, layers=[100], 1 epoch) the script starts `gru4rec serve` as a
-subprocess and sends requests from this process (the load generator: raw asyncio sockets over
+For each model (3k items: RSC15 100k sample, rsc15-xe parameters, 1 epoch; 37k, 100k and 1.8m
+items: synthetic logs from data_prep.synth, layers=[100], 1 epoch) the script starts `gru4rec serve`
+as a subprocess and sends requests from this process (the load generator: raw asyncio sockets over
 keep-alive connections) at fixed rates. Requests are scheduled at fixed times whatever the answers
 do (open loop), and latency is measured from the scheduled time, so a server that falls behind shows
 its queueing delay instead of slowing the generator down (no coordinated omission).
@@ -12,9 +12,22 @@ Scenarios:
   (b) history POST /v1/recommend {"items": [10 ids], "k": 20}: stateless, 10 GRU steps
 
 (a) also runs with 2 workers sharing sessions through Redis (needs redis-server on localhost:6379).
+Each row also shows the server's CPU time per request (all its processes), its memory (RSS, all
+processes) and, from its /metrics, the mean batch size and the mean time a batch's first request
+waited (servers without those metrics show "-").
+
+For a model served with the approximate top-k index, --overlap N then sends N session prefixes
+from the synthetic log twice, as served and with "exact": true, and prints the mean share of the
+top-20 the two have in common, and the index's build time (a fresh build with --rebuild-index).
+
+--server-repo runs the server from another checkout (e.g. a `git worktree` of an older commit), with
+the same load generator, for before/after tables.
 
     .venv/bin/python benchmarks/serve_latency.py                      # everything (prepares models once)
     .venv/bin/python benchmarks/serve_latency.py --models 37k --rates 500 --duration 10
+    .venv/bin/python benchmarks/serve_latency.py --models 1.8m --scenarios click --rates 250 500 --overlap 500
+    .venv/bin/python benchmarks/serve_latency.py --models 1.8m --scenarios click --two-workers no --rates \
+        --overlap 500 --rebuild-index                                 # overlap and index build time only
 
 Models and data are cached in --work-dir; results are printed as a table and written to
 WORK_DIR/results.json.
@@ -49,7 +62,7 @@ REDIS_URL = os.environ.get("GRU4REC_BENCH_REDIS_URL", "redis://localhost:6379/14
 # items (a Zipf-like log misses part of the tail). Training uses a larger batch and fewer sampled
 # negatives than the defaults so that one epoch fits a 2-core machine; serving cost does not depend
 # on either.
-SYNTH = {"37k": (520_000, 49_000), "100k": (1_400_000, 142_000)}
+SYNTH = {"37k": (520_000, 49_000), "100k": (1_400_000, 142_000), "1.8m": (12_000_000, 4_000_000)}
 SYNTH_PARAMS = ["layers=[100]", "n_epochs=1", "batch_size=256", "n_sample=512"]
 
 log = logging.getLogger("serve_latency")
@@ -95,9 +108,12 @@ def free_port() -> int:
 class Server:
     """`gru4rec serve` in a subprocess (its own process group, so stopping it stops every worker)."""
 
-    def __init__(self, model_dir: Path, workers: int, redis_prefix: str | None) -> None:
+    def __init__(self, model_dir: Path, workers: int, redis_prefix: str | None, repo: Path = REPO,
+                 retrieval: str | None = None) -> None:
         self.port = free_port()
-        env = {**os.environ, "GRU4REC_RELOAD_POLL_S": "0"}
+        env = {**os.environ, "GRU4REC_RELOAD_POLL_S": "0", "PYTHONPATH": str(repo)}
+        if retrieval:
+            env["GRU4REC_RETRIEVAL"] = retrieval
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         if redis_prefix:
             env.update(GRU4REC_REDIS_URL=REDIS_URL, GRU4REC_REDIS_PREFIX=redis_prefix)
@@ -106,7 +122,7 @@ class Server:
         cmd = [sys.executable, "-m", "gru4rec.cli", "serve", str(model_dir), "--port", str(self.port),
                "--workers", str(workers), "-q"]
         self.log_file = open(model_dir.parent / f"server-{self.port}.log", "w")
-        self.proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=self.log_file, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(cmd, env=env, cwd=repo, stdout=self.log_file, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         self.workers = workers
 
@@ -126,9 +142,8 @@ class Server:
                 raise SystemExit(f"server not ready after {timeout} s: see {self.log_file.name}")
             time.sleep(0.2)
 
-    def cpu_seconds(self) -> float:
-        """CPU time used so far by the server and its worker processes (user + system)."""
-        tick = os.sysconf("SC_CLK_TCK")
+    def _tree(self) -> tuple[set[int], dict[int, tuple[int, int]]]:
+        """The server's process tree and every process's (ppid, utime + stime ticks)."""
         stats = {}
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
@@ -136,8 +151,8 @@ class Server:
                     fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
                 except OSError:
                     continue
-                stats[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid, utime+stime
-        tree, total = {self.proc.pid}, 0
+                stats[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+        tree = {self.proc.pid}
         changed = True
         while changed:
             changed = False
@@ -145,9 +160,36 @@ class Server:
                 if ppid in tree and pid not in tree:
                     tree.add(pid)
                     changed = True
-        for pid in tree:
-            total += stats.get(pid, (0, 0))[1]
-        return total / tick
+        return tree, stats
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the server and its worker processes (user + system)."""
+        tree, stats = self._tree()
+        return sum(stats.get(pid, (0, 0))[1] for pid in tree) / os.sysconf("SC_CLK_TCK")
+
+    def rss_mb(self) -> float:
+        """Resident memory of the server and its workers, MB."""
+        total = 0
+        for pid in self._tree()[0]:
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+            except OSError:
+                continue
+        return total / 1024
+
+    def batch_counters(self) -> dict[str, float]:
+        """gru4rec_batch_size / _wait_seconds sums and counts from /metrics ({} when the server has none)."""
+        import httpx
+
+        text = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=10).text
+        out = {}
+        for line in text.splitlines():
+            for name in ("gru4rec_batch_size_sum", "gru4rec_batch_size_count", "gru4rec_batch_wait_seconds_sum"):
+                if line.startswith(name + " "):
+                    out[name] = float(line.split()[1])
+        return out
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -206,6 +248,9 @@ class Result:
     max_ms: float
     service_p99_ms: float  # from the moment the request was written (leaves out the generator's own lateness)
     server_cpu_us: float  # server CPU time per request (all its processes and threads)
+    mean_batch: float | None  # requests per batched model call (None: the server has no batching metrics)
+    mean_wait_ms: float | None  # time a batch's first request waited before the batch ran
+    server_rss_mb: float  # resident memory of the server (all processes) after the run
     load_avg: float  # the machine's 1-minute load average after the run (other work on a shared machine shows here)
 
 
@@ -293,30 +338,22 @@ def run_point(port: int, scenario: str, items: list[str], rate: float, duration:
 def measure(args, name: str, model_dir: Path, scenario: str, workers: int, use_redis: bool) -> list[Result]:
     items = catalogue(model_dir)
     prefix = f"bench-{os.getpid()}-{name}-{scenario}-{workers}:" if use_redis else None
-    server = Server(model_dir, workers, prefix)
+    server = Server(model_dir, workers, prefix, args.server_repo, args.retrieval)
     results = []
     try:
-        server.wait_ready()
-        run_point(server.port, scenario, items, 250, 3.0, seed=1)  # warm-up (threads, allocator, caches)
+        server.wait_ready(args.start_timeout)
+        if args.rates:  # warm-up (threads, allocator, caches)
+            run_point(server.port, scenario, items, min(250, args.rates[0]), 3.0, seed=1)
         for j, rate in enumerate(args.rates):
-            cpu_before = server.cpu_seconds()
+            cpu_before, batches_before = server.cpu_seconds(), server.batch_counters()
             latency, service, errors, elapsed = run_point(server.port, scenario, items, rate, args.duration, seed=100 + j)
-            cpu = server.cpu_seconds() - cpu_before
-            ok = latency[~np.isnan(latency)] * 1000
-            pct = np.percentile(ok, [50, 90, 99]) if len(ok) else [float("nan")] * 3
-            served = service[~np.isnan(service)] * 1000
-            r = Result(
-                model=name, n_items=len(items), scenario=scenario, workers=workers, store="redis" if use_redis else "memory",
-                rate=rate, sent=len(latency), ok=len(ok), errors=errors, achieved_rps=len(ok) / elapsed,
-                p50_ms=float(pct[0]), p90_ms=float(pct[1]), p99_ms=float(pct[2]),
-                max_ms=float(ok.max()) if len(ok) else float("nan"),
-                service_p99_ms=float(np.percentile(served, 99)) if len(served) else float("nan"),
-                server_cpu_us=cpu / max(len(latency), 1) * 1e6,
-                load_avg=os.getloadavg()[0],
-            )
-            results.append(r)
-            print(format_row(r), flush=True)
+            cpu, batches = server.cpu_seconds() - cpu_before, server.batch_counters()
+            results.append(result_row(name, items, scenario, workers, use_redis, rate, latency, service, errors, elapsed,
+                                      cpu, batches_before, batches, server.rss_mb()))
+            print(format_row(results[-1]), flush=True)
             time.sleep(0.5)
+        if args.overlap and scenario == "click" and workers == 1:
+            print(overlap_report(server.port, name, model_dir, args.overlap), flush=True)
     finally:
         server.stop()
         if use_redis:
@@ -329,32 +366,110 @@ def measure(args, name: str, model_dir: Path, scenario: str, workers: int, use_r
     return results
 
 
+def result_row(name, items, scenario, workers, use_redis, rate, latency, service, errors, elapsed, cpu,
+               before: dict, after: dict, rss_mb: float) -> Result:
+    ok = latency[~np.isnan(latency)] * 1000
+    pct = np.percentile(ok, [50, 90, 99]) if len(ok) else [float("nan")] * 3
+    served = service[~np.isnan(service)] * 1000
+    n_batches = after.get("gru4rec_batch_size_count", 0) - before.get("gru4rec_batch_size_count", 0)
+    mean_batch = mean_wait = None
+    if n_batches > 0:
+        mean_batch = (after["gru4rec_batch_size_sum"] - before["gru4rec_batch_size_sum"]) / n_batches
+        mean_wait = (after["gru4rec_batch_wait_seconds_sum"] - before["gru4rec_batch_wait_seconds_sum"]) / n_batches * 1000
+    return Result(
+        model=name, n_items=len(items), scenario=scenario, workers=workers, store="redis" if use_redis else "memory",
+        rate=rate, sent=len(latency), ok=len(ok), errors=errors, achieved_rps=len(ok) / elapsed,
+        p50_ms=float(pct[0]), p90_ms=float(pct[1]), p99_ms=float(pct[2]),
+        max_ms=float(ok.max()) if len(ok) else float("nan"),
+        service_p99_ms=float(np.percentile(served, 99)) if len(served) else float("nan"),
+        server_cpu_us=cpu / max(len(latency), 1) * 1e6, mean_batch=mean_batch, mean_wait_ms=mean_wait,
+        server_rss_mb=rss_mb, load_avg=os.getloadavg()[0],
+    )
+
+
+def session_prefixes(model_dir: Path, n: int, seed: int = 3) -> list[list[str]]:
+    """n random prefixes (1..len-1 clicks) of multi-click sessions of the model's training log."""
+    import pandas as pd
+
+    name = model_dir.name.removeprefix("model-")
+    data = model_dir.parent / f"synth-{name}.tsv"
+    if not data.exists():
+        raise SystemExit(f"--overlap needs the training log {data}")
+    df = pd.read_csv(data, sep="\t", dtype={"SessionId": "int64", "ItemId": "str"}, usecols=["SessionId", "ItemId"])
+    starts = np.flatnonzero(np.r_[True, df["SessionId"].to_numpy()[1:] != df["SessionId"].to_numpy()[:-1]])
+    lengths = np.diff(np.r_[starts, len(df)])
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(np.flatnonzero(lengths >= 2), size=n, replace=False)
+    ids = df["ItemId"].to_numpy()
+    return [ids[starts[s] : starts[s] + int(rng.integers(1, lengths[s]))].tolist() for s in picks]
+
+
+def overlap_report(port: int, name: str, model_dir: Path, n: int) -> str:
+    """Mean share of the served top-20 in the exact top-20, and the index build time, from GET /v1/model."""
+    import httpx
+
+    base = f"http://127.0.0.1:{port}"
+    retrieval = httpx.get(f"{base}/v1/model", timeout=30).json().get("retrieval") or {}
+    if retrieval.get("mode") != "index":
+        return f"\n{name}: exact scoring (no index), overlap is 1 by construction\n"
+    shares, served_s, exact_s = [], 0.0, 0.0
+    with httpx.Client(base_url=base, timeout=120) as http:
+        for prefix in session_prefixes(model_dir, n):
+            t0 = time.perf_counter()
+            served = http.post("/v1/recommend", json={"items": prefix, "k": 20}).json()["items"]
+            t1 = time.perf_counter()
+            exact = http.post("/v1/recommend", json={"items": prefix, "k": 20, "exact": True}).json()["items"]
+            served_s, exact_s = served_s + t1 - t0, exact_s + time.perf_counter() - t1
+            shares.append(len({x["item_id"] for x in served} & {x["item_id"] for x in exact}) / max(len(exact), 1))
+    index = retrieval["index"]
+    return (f"\n{name}: top-20 overlap with exact scoring over {n} session prefixes: mean {np.mean(shares):.4f}, "
+            f"min {np.min(shares):.2f}, share of prefixes with full overlap {np.mean(np.equal(shares, 1.0)):.3f}; "
+            f"sequential latency {served_s / n * 1000:.1f} ms served vs {exact_s / n * 1000:.1f} ms exact; "
+            f"index {index['lists']} cells, nprobe {index['nprobe']}, {index['candidates']} candidates, "
+            f"build {index['build_s']} s ({index['source']})\n")
+
+
 HEADER = ("| model | items | scenario | workers | store | target req/s | achieved req/s | p50 ms | p90 ms | p99 ms "
-          "| max ms | p99 from send ms | server CPU µs/req | errors | load avg |")
+          "| max ms | p99 from send ms | server CPU µs/req | mean batch | batch wait ms | server RSS MB | errors | load avg |")
 
 
 def format_row(r: Result) -> str:
     label = {"click": "(a) click event", "history": "(b) 10-item history"}[r.scenario]
+    batch = "-" if r.mean_batch is None else f"{r.mean_batch:.2f}"
+    wait = "-" if r.mean_wait_ms is None else f"{r.mean_wait_ms:.2f}"
     return (f"| {r.model} | {r.n_items} | {label} | {r.workers} | {r.store} | {r.rate:.0f} | {r.achieved_rps:.0f} | "
             f"{r.p50_ms:.2f} | {r.p90_ms:.2f} | {r.p99_ms:.2f} | {r.max_ms:.1f} | {r.service_p99_ms:.2f} | "
-            f"{r.server_cpu_us:.0f} | {r.errors} | {r.load_avg:.1f} |")
+            f"{r.server_cpu_us:.0f} | {batch} | {wait} | {r.server_rss_mb:.0f} | {r.errors} | {r.load_avg:.1f} |")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["3k", "37k", "100k"], choices=["3k", "37k", "100k"])
+    parser.add_argument("--models", nargs="+", default=["3k", "37k", "100k"], choices=["3k", "37k", "100k", "1.8m"])
     parser.add_argument("--scenarios", nargs="+", default=["click", "history"], choices=["click", "history"])
-    parser.add_argument("--rates", nargs="+", type=float, default=[100, 250, 500], help="requests per second")
+    parser.add_argument("--rates", nargs="*", type=float, default=[100, 250, 500],
+                        help="requests per second (none: only start the server, e.g. for --overlap)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per rate")
     parser.add_argument("--two-workers", choices=["yes", "no"], default="yes", help="also run (a) with 2 workers + Redis")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/gru4rec-serve-latency"))
     parser.add_argument("--prepare-only", action="store_true", help="train the models and stop")
+    parser.add_argument("--server-repo", type=Path, default=REPO, help="checkout whose `gru4rec serve` to measure")
+    parser.add_argument("--overlap", type=int, default=0, metavar="N",
+                        help="for index-served models: top-20 overlap with exact scoring over N session prefixes")
+    parser.add_argument("--rebuild-index", action="store_true",
+                        help="remove cached top-k indexes first, so the server's start-up builds (and times) one")
+    parser.add_argument("--start-timeout", type=float, default=600, help="seconds to wait for a server to be ready")
+    parser.add_argument("--retrieval", choices=["auto", "index", "exact"], help="GRU4REC_RETRIEVAL for the server")
+    parser.add_argument("--results", type=Path, help="where to write the rows as JSON (default WORK_DIR/results.json)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args.work_dir.mkdir(parents=True, exist_ok=True)
     models = {name: prepare_model(name, args.work_dir) for name in args.models}
     if args.prepare_only:
         return 0
+    if args.rebuild_index:
+        for model_dir in models.values():
+            for cached in model_dir.glob("serving-index-*.faiss"):
+                cached.unlink()
     if args.two_workers == "yes" and "click" in args.scenarios:
         import redis
 
@@ -363,7 +478,7 @@ def main() -> int:
         except redis.RedisError as exc:
             raise SystemExit(f"2-worker runs need Redis at {REDIS_URL} ({exc}); `make redis` or --two-workers no") from None
     print(f"\nopen-loop load, {args.duration:.0f} s per rate, k=20, load generator in this process; "
-          f"{os.cpu_count()} CPU cores\n")
+          f"{os.cpu_count()} CPU cores; server from {args.server_repo}\n")
     print(HEADER)
     print("|---" * (HEADER.count("|") - 1) + "|")
     results: list[Result] = []
@@ -372,7 +487,7 @@ def main() -> int:
             results += measure(args, name, model_dir, scenario, 1, use_redis=False)
             if scenario == "click" and args.two_workers == "yes":
                 results += measure(args, name, model_dir, scenario, 2, use_redis=True)
-    out = args.work_dir / "results.json"
+    out = args.results or args.work_dir / "results.json"
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps([asdict(r) for r in results], indent=1))
     os.replace(tmp, out)

@@ -1,81 +1,168 @@
-"""Training throughput (events/s) of GRU4Rec.
+"""Training throughput (events/s) of GRU4Rec: the default (fast) step against the eager step, same run.
 
-CPU: `rsc15-xe` on rsc15_100k train_full (70,278 events, 2,933 items) with the fused step (compiled
-kernels, and PyTorch ops only) and the eager (autograd) step, for the given torch thread counts.
-The authors' reference code does about 14,900 events/s on a 2-core machine of this kind. With
---gpu (and CUDA present), also batch sizes 32, 64 and 256.
+For each parameter set, a fast trainer (`--step auto`: the fused step with compiled kernels on a CPU,
+the CUDA-graph step on a GPU) and an eager (autograd) trainer train on the same data, their epochs
+interleaved (fast, eager, fast, eager, ...) so that both see the same machine load; the first epoch
+of each is warm-up (kernel build, CUDA graph capture) and is left out. The ratio fast / eager is the
+figure that carries from machine to machine: the eager step runs at about the authors' reference
+speed. Wall-clock and CPU-time (this thread only) events/s are both printed: on a shared machine the
+latter is the steadier.
 
-    python benchmarks/train_throughput.py [--epochs 4] [--threads 1 2] [--steps fused fused-torch eager]
+    python benchmarks/train_throughput.py [--params rsc15-xe retailrocket-bprmax] [--epochs 3]
+        [--threads 1] [--device cpu|cuda] [--batch-sizes 32 64 256] [--train FILE] [--min-of 20]
+
+`--min-of R` adds a second table for a busy machine, where other processes slow whole epochs by
+different amounts: the least CPU time per mini-batch of each step over R interleaved passes over the
+same first mini-batches of the epoch (`--steps`, 300), i.e. each step's speed in its quietest pass.
+
+Data: rsc15_100k train_full (70,278 events, 2,933 items) from ../shared/data, or any session file;
+`--synthetic N_ITEMS` trains on a generated log instead (see gru4rec.cli synth).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
+import platform
+import time
 from pathlib import Path
 
 import torch
 
-from gru4rec.training import native
+from gru4rec.data.sessions import Sessions, load_training_data
+from gru4rec.training.batching import session_parallel_steps
 from gru4rec.training.params import load_params
-from gru4rec.data.sessions import load_training_data
 from gru4rec.training.trainer import Trainer
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rsc15_100k" / "yoochoose-clicks-100k_train_full.txt.gz"
-REFERENCE_CPU = 14_900
 
 
-def measure(params, sessions, counts, device: torch.device, step: str, epochs: int) -> tuple[float, float, float]:
-    """Events/s over epochs 2..n together (the first includes warm-up), the best epoch's, and the last loss.
+def processor_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
-    The overall figure includes the negative-sample buffer refills (every 10M samples), which a
-    single epoch of this small set may or may not contain.
-    """
-    threads = torch.get_num_threads() if device.type == "cpu" else None
-    os.environ["GRU4REC_NATIVE"] = "0" if step == "fused-torch" else "1"
-    native.library.cache_clear()
-    trainer = Trainer(params, sessions, counts, device, seed=1, step=step.removesuffix("-torch"), threads=threads)
-    best, loss, events, seconds = 0.0, float("nan"), 0, 0.0
-    for epoch in range(1, epochs + 1):
-        stats = trainer.train_epoch(epoch)
-        best, loss = max(best, stats.events_per_s), stats.loss
-        if epoch > 1 or epochs == 1:
-            events, seconds = events + stats.events, seconds + stats.seconds
-    return events / seconds, best, loss
+
+def cpu_features() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
+    except OSError:
+        return "?"
+    return ", ".join(x for x in ("avx2", "avx512f", "amx_tile") if x in flags) or "no AVX2"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{processor_name()} ({cpu_features()}), {torch.get_num_threads()} thread(s)"
+
+
+class Timed:
+    """One trainer and the epochs it trained after its warm-up epoch."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer, self.epoch, self.events, self.wall, self.cpu = trainer, 0, 0, 0.0, 0.0
+        self.loss = float("nan")
+
+    def train_epoch(self, measured: bool) -> None:
+        self.epoch += 1
+        if self.trainer.device.type == "cuda":
+            torch.cuda.synchronize()
+        cpu = time.thread_time()
+        stats = self.trainer.train_epoch(self.epoch)  # ends with a device sync (the loss)
+        cpu = time.thread_time() - cpu
+        self.loss = stats.loss
+        if measured:
+            self.events, self.wall, self.cpu = self.events + stats.events, self.wall + stats.seconds, self.cpu + cpu
+
+    def rates(self) -> tuple[float, float]:
+        return self.events / max(self.wall, 1e-9), self.events / max(self.cpu, 1e-9)
+
+
+def compare(name: str, train: Path, device: torch.device, batch_size: int | None, epochs: int) -> str:
+    params = load_params(name)
+    if batch_size is not None:
+        params = params.replace(batch_size=batch_size)
+    sessions, _, counts, _ = load_training_data(train)
+    runs = {step: Timed(Trainer(params, sessions, counts, device, seed=1, step=step, threads=torch.get_num_threads()))
+            for step in ("auto", "eager")}
+    for epoch in range(epochs):
+        for run in runs.values():
+            run.train_epoch(measured=epoch > 0 or epochs == 1)
+    fast, eager = runs["auto"].rates(), runs["eager"].rates()
+    kind = runs["auto"].trainer.kind
+    return (f"| {name} | {params.batch_size} | {kind} | {fast[0]:,.0f} | {eager[0]:,.0f} | **{fast[0] / eager[0]:.2f}** "
+            f"| {fast[1]:,.0f} | {eager[1]:,.0f} | {fast[1] / eager[1]:.2f} | {runs['auto'].loss:.4f} / {runs['eager'].loss:.4f} |")
+
+
+def least_step_time(trainer: Trainer, batches: list[torch.Tensor], passes: int) -> float:
+    """CPU seconds per mini-batch of this trainer's step over `batches` (positions), least of `passes`."""
+    trainer.model.train()
+    best = float("inf")
+    for _ in range(passes):
+        hidden = trainer.model.init_hidden(len(batches[0]), trainer.device)
+        start = time.thread_time()
+        for pos in batches:
+            if len(pos) != len(hidden[0]):
+                hidden = trainer.model.init_hidden(len(pos), trainer.device)
+            _, hidden = trainer.train_step(trainer.items[pos], trainer.items[pos + 1], hidden)
+        best = min(best, (time.thread_time() - start) / len(batches))
+    return best
+
+
+def compare_steps(name: str, sessions: Sessions, counts, passes: int, n_steps: int) -> str:
+    """One row of the least-of-passes table: both steps over the same mini-batches, passes interleaved."""
+    params = load_params(name)
+    batches = [torch.from_numpy(step.positions) for _, step in zip(range(n_steps), session_parallel_steps(sessions, params.batch_size))]
+    trainers = {step: Trainer(params, sessions, counts, torch.device("cpu"), seed=1, step=step, self_check=False,
+                              threads=torch.get_num_threads()) for step in ("auto", "eager")}
+    best = {step: float("inf") for step in trainers}
+    for _ in range(passes):  # one pass of each at a time, so that both meet the same load
+        for step, trainer in trainers.items():
+            best[step] = min(best[step], least_step_time(trainer, batches, 1))
+    fast, eager = best["auto"], best["eager"]
+    rows = sum(len(b) for b in batches) / len(batches)
+    return (f"| {name} | {params.batch_size} | {trainers['auto'].kind} | {fast * 1e6:,.0f} | {eager * 1e6:,.0f} "
+            f"| {rows / fast:,.0f} | {rows / eager:,.0f} | **{eager / fast:.2f}** |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train", type=Path, default=DATA)
-    ap.add_argument("--params", default="rsc15-xe")
-    ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--steps", nargs="+", default=["fused", "fused-torch", "eager"], choices=["fused", "fused-torch", "eager"],
-                    help="fused: the hand-written step with the compiled CPU kernels; fused-torch: the same step "
-                    "in PyTorch ops only (GRU4REC_NATIVE=0); eager: autograd")
-    ap.add_argument("--gpu", action="store_true", help="also measure on CUDA at batch sizes --gpu-batches")
-    ap.add_argument("--gpu-batches", type=int, nargs="+", default=[32, 64, 256])
+    ap.add_argument("--params", nargs="+", default=["rsc15-xe", "retailrocket-bprmax"])
+    ap.add_argument("--epochs", type=int, default=3, help="epochs per trainer, the first of them warm-up")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (both steps)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", help="override the parameter sets' batch size")
+    ap.add_argument("--min-of", type=int, default=0, metavar="R", help="also the least-of-R-passes table (CPU)")
+    ap.add_argument("--steps", type=int, default=300, help="mini-batches per pass of --min-of")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    params = load_params(args.params)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     sessions, _, counts, _ = load_training_data(args.train)
-    print(f"{args.train.name}: {sessions.n_events:,} events, {sessions.n_sessions:,} sessions, {len(counts):,} items; params {args.params}")
-    print("| device | step | threads | batch | events/s (epochs 2+) | best epoch | x reference CPU | loss |")
-    print("|---|---|---|---|---|---|---|---|")
-    for threads in args.threads:
-        torch.set_num_threads(threads)
-        for step in args.steps:
-            eps, best, loss = measure(params, sessions, counts, torch.device("cpu"), step, args.epochs)
-            print(f"| cpu | {step} | {threads} | {params.batch_size} | {eps:,.0f} | {best:,.0f} | {eps / REFERENCE_CPU:.2f} "
-                  f"| {loss:.4f} |", flush=True)
-    if args.gpu and torch.cuda.is_available():
-        for batch in args.gpu_batches:
-            p = params.replace(batch_size=batch)
-            for step in args.steps:
-                eps, best, loss = measure(p, sessions, counts, torch.device("cuda"), step, args.epochs)
-                print(f"| {torch.cuda.get_device_name()} | {step} | - | {batch} | {eps:,.0f} | {best:,.0f} | - "
-                      f"| {loss:.4f} |", flush=True)
+    measured = f"{args.epochs - 1} measured epoch(s)" if args.epochs > 1 else "1 epoch (warm-up included)"
+    print(f"{args.train.name}: {sessions.n_events:,} events, {sessions.n_sessions:,} sessions, {len(counts):,} items")
+    print(f"device: {device_name(device)}; torch {torch.__version__}; {measured} per step, interleaved")
+    print()
+    print("| params | batch | fast step | fast ev/s | eager ev/s | fast / eager | fast ev/s (CPU time) "
+          "| eager ev/s (CPU time) | ratio (CPU time) | last loss fast / eager |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name in args.params:
+        for batch in args.batch_sizes or [None]:
+            print(compare(name, args.train, device, batch, args.epochs), flush=True)
+    if args.min_of > 0:
+        print(f"\nleast CPU time per mini-batch over {args.min_of} interleaved passes over the epoch's first {args.steps} mini-batches\n")
+        print("| params | batch | fast step | fast µs/mini-batch | eager µs/mini-batch | fast ev/s | eager ev/s | fast / eager |")
+        print("|---|---|---|---|---|---|---|---|")
+        for name in args.params:
+            print(compare_steps(name, sessions, counts, args.min_of, args.steps), flush=True)
 
 
 if __name__ == "__main__":

@@ -16,10 +16,11 @@ from pathlib import Path
 
 from anyio import to_thread
 
-from gru4rec.model.checkpoint import METADATA_FILE, read_metadata
 from gru4rec.foundation.errors import ModelUnavailable, UserError
-from service.engine import ModelBundle, load_bundle
+from gru4rec.model.checkpoint import METADATA_FILE, read_metadata
+from service.engine import ModelBundle, RetrievalSettings, load_bundle
 from service.metrics import Metrics
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -43,23 +44,49 @@ def _fingerprint(directory: Path) -> tuple[int, int, int] | None:
     return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
-class ModelRuntime:
-    """Owns the current ModelBundle; reloads it on request or when the checkpoint directory changes."""
+def retrieval_settings(settings: Settings) -> RetrievalSettings:
+    return RetrievalSettings(
+        mode=settings.retrieval,
+        min_items=settings.index_min_items,
+        nprobe=settings.index_nprobe,
+        candidates=settings.index_candidates,
+        cache_dir=settings.index_cache_dir,
+    )
 
-    def __init__(self, directory: Path, metrics: Metrics, poll_s: float = 0.0, warmup_steps: int = 3) -> None:
-        self.directory = Path(directory)
+
+def load_for_settings(settings: Settings, build_threads: int = 1) -> ModelBundle:
+    """The model of `settings.model_dir`, checked, warmed, with its top-k index (built or cached)."""
+    assert settings.model_dir is not None
+    return load_bundle(settings.model_dir, retrieval_settings(settings), settings.warmup_steps, build_threads=build_threads)
+
+
+class ModelRuntime:
+    """Owns the current ModelBundle; reloads it on request or when the checkpoint directory changes.
+
+    A reload loads the model *and* builds (or loads) its top-k index in a worker thread, with one
+    thread for the index build so requests keep their CPU; the new bundle replaces the old one only
+    when both are ready, so requests never see a model with another model's index.
+    """
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        assert settings.model_dir is not None
+        self.settings = settings
+        self.directory = Path(settings.model_dir)
         self.metrics = metrics
-        self.poll_s = poll_s
-        self.warmup_steps = warmup_steps
+        self.poll_s = settings.reload_poll_s
         self.bundle: ModelBundle | None = None
         self._lock = asyncio.Lock()
         self._poller: asyncio.Task | None = None
         self._seen: tuple[int, int, int] | None = None
 
-    async def start(self) -> None:
-        """Load the model (failing start-up if it cannot be) and start watching the directory."""
+    async def start(self, preloaded: ModelBundle | None = None) -> None:
+        """Load the model (failing start-up if it cannot be), unless given, and start watching the directory."""
         self._seen = _fingerprint(self.directory)
-        bundle = await to_thread.run_sync(load_bundle, self.directory, self.warmup_steps)
+        if preloaded is not None:
+            bundle = preloaded
+        else:
+            threads = os.cpu_count() or 1  # nothing is served yet: the index build may use every core
+            bundle = await to_thread.run_sync(load_for_settings, self.settings, threads)
         self._install(bundle)
         if self.poll_s > 0:
             self._poller = asyncio.create_task(self._poll(), name="gru4rec-model-poller")
@@ -74,8 +101,9 @@ class ModelRuntime:
             self._poller = None
 
     def _install(self, bundle: ModelBundle) -> None:
-        self.bundle = bundle  # the atomic swap: one reference rebinding
-        self.metrics.set_model(bundle.version, bundle.n_items)
+        self.bundle = bundle  # the atomic swap (model, catalogue and index together): one reference rebinding
+        build_s = bundle.index.build_s if bundle.index is not None else None
+        self.metrics.set_model(bundle.version, bundle.n_items, build_s)
 
     async def reload(self) -> ReloadResult:
         """Load the directory again and swap it in; raises ModelUnavailable (old model kept) if it cannot."""
@@ -83,7 +111,7 @@ class ModelRuntime:
             previous = self.bundle.version if self.bundle else ""
             fingerprint = _fingerprint(self.directory)
             try:
-                bundle = await to_thread.run_sync(load_bundle, self.directory, self.warmup_steps)
+                bundle = await to_thread.run_sync(load_for_settings, self.settings)
             except UserError as exc:
                 self.metrics.reloads.labels("failed").inc()
                 raise ModelUnavailable(f"reload failed, still serving {previous or '-'}: {exc}") from None

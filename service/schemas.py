@@ -41,8 +41,9 @@ class TopKOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    k: int = Field(
-        20, ge=1, le=SCHEMA_MAX_K, description="how many items to return (at most the service's MAX_K and the catalogue size)"
+    k: StrictInt = Field(
+        20, ge=1, le=SCHEMA_MAX_K,
+        description="how many items to return (an integer; at most the service's GRU4REC_MAX_K and the catalogue size)",
     )
     exclude_seen: StrictBool = Field(
         False, description="leave out items the session has already clicked (for a stored session: its last "
@@ -54,6 +55,10 @@ class TopKOptions(BaseModel):
     include: list[ItemId] | None = Field(
         None, max_length=SCHEMA_MAX_ITEMS,
         description="allow list: only these items may be returned; ids unknown to the model are ignored",
+    )
+    exact: StrictBool = Field(
+        False, description="score every item even where the service finds the top-k with an approximate index "
+        "(slower on large catalogues; for comparisons and tests)",
     )
 
 
@@ -117,6 +122,21 @@ class RecommendResponse(BaseModel):
     source: str = Field(description="'model', or 'popularity' when the session has no item the model knows")
 
 
+class RetrievalIndex(BaseModel):
+    type: str = Field(description="index layout (faiss inverted file, 8-bit codes, over item vectors with their bias)")
+    lists: int = Field(description="cells of the inverted file")
+    nprobe: int = Field(description="cells searched per request")
+    candidates: int = Field(description="candidates re-scored exactly per request (at least k, plus excluded items)")
+    build_s: float | None = Field(description="seconds the build took; null when loaded from the cache")
+    source: str = Field(description="built, or the cache file it was loaded from")
+
+
+class Retrieval(BaseModel):
+    mode: str = Field(description="'exact' (every item scored) or 'index' (approximate candidates, re-scored exactly)")
+    reason: str = Field(description="why this mode")
+    index: RetrievalIndex | None = Field(description="the index in use; null for exact scoring")
+
+
 class ModelInfo(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -126,6 +146,7 @@ class ModelInfo(BaseModel):
                     "format_version": 1, "hyperparameters": {"loss": "cross-entropy", "layers": [100]},
                     "training": {"events": 1000000, "sessions": 250000, "items": 37483, "epochs": [{"epoch": 1, "loss": 7.1}]},
                     "libraries": {"torch": "2.13.0"}, "loaded_at": 1704067200.0,
+                    "retrieval": {"mode": "exact", "reason": "exact (catalogue under 200000 items)", "index": None},
                 }
             ]
         }
@@ -139,6 +160,7 @@ class ModelInfo(BaseModel):
     training: dict[str, Any]
     libraries: dict[str, Any]
     loaded_at: float = Field(description="Unix time this process loaded the model")
+    retrieval: Retrieval = Field(description="how the top-k items are found")
 
 
 class ReloadResponse(BaseModel):

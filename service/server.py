@@ -7,6 +7,7 @@ from the GRU4REC_* environment, which is why the options travel there.
 from __future__ import annotations
 
 import atexit
+import gc
 import logging
 import os
 import shutil
@@ -40,11 +41,17 @@ def _share_metrics_between_workers() -> None:
 
 
 def serve(model_dir: str | None, host: str, port: int, workers: int = 1, access_log: bool = False) -> None:
-    """Serve MODEL_DIR (or $GRU4REC_MODEL_DIR) until interrupted."""
+    """Serve MODEL_DIR (or $GRU4REC_MODEL_DIR) until interrupted.
+
+    The model is loaded and checked completely here, weights, item list, top-k index and a warm-up
+    included, so that any problem with it is a one-line error (exit 2) before the server starts
+    rather than a worker failing with a traceback. With one worker, that very model is then served;
+    several workers load it again each (the top-k index from the cache this load filled).
+    """
     model_dir = model_dir or os.environ.get("GRU4REC_MODEL_DIR")
     if not model_dir:
         raise UserError("no model: give MODEL_DIR or set GRU4REC_MODEL_DIR")
-    metadata = read_metadata(model_dir)  # a clear error now rather than a failed worker start-up
+    read_metadata(model_dir)  # a quick, clear error for a missing or foreign directory
     # every worker process builds its Settings from the environment, so that is where options go
     os.environ["GRU4REC_MODEL_DIR"] = str(Path(model_dir).resolve())
     settings = load_settings()
@@ -56,22 +63,25 @@ def serve(model_dir: str | None, host: str, port: int, workers: int = 1, access_
             )
         _share_metrics_between_workers()
     if settings.redis_url:
-        from service.sessions import make_store
+        from service.redis_store import check_reachable
 
-        make_store(settings).close()  # fail now, with a clear message, if Redis is unreachable
+        check_reachable(settings.redis_url)  # fail now, with a clear message, if Redis is unreachable
+    from service.runtime import load_for_settings
+
+    bundle = load_for_settings(settings, build_threads=os.cpu_count() or 1)
     log.info(
-        "serving %s (model %s, %d items) on http://%s:%d with %d worker(s)",
-        model_dir, metadata.get("model_version"), metadata.get("n_items", 0), host, port, workers,
+        "serving %s (model %s, %d items, top-k %s) on http://%s:%d with %d worker(s)",
+        model_dir, bundle.version, bundle.n_items, bundle.describe_retrieval()["mode"], host, port, workers,
     )
     level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
     os.environ.setdefault("GRU4REC_LOG_LEVEL", level)
-    uvicorn.run(
-        "service.app:app_factory",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_config=None,  # keep the gru4rec logging set-up (workers set up the same in app_factory)
-        log_level=level,
-        access_log=access_log,
-    )
+    options = dict(host=host, port=port, log_config=None, log_level=level, access_log=access_log)
+    if workers == 1:
+        from service.app import create_app
+
+        uvicorn.run(create_app(settings, bundle), **options)
+        return
+    del bundle  # each worker loads its own
+    gc.collect()
+    # log_config=None keeps the gru4rec logging set-up (workers set up the same in app_factory)
+    uvicorn.run("service.app:app_factory", factory=True, workers=workers, **options)

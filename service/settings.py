@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -34,8 +35,30 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per worker (default: 1)")
     reload_poll_s: float = Field(10.0, ge=0, description="how often to look for a new checkpoint; 0 disables")
     warmup_steps: int = Field(3, ge=0, description="dummy requests run at start-up so the first real one is fast")
+    body_timeout_s: float = Field(10.0, gt=0, description="a request body not received within this time gets 408")
+    switch_interval_ms: float = Field(
+        0.5, gt=0, le=50, description="Python's thread switch interval: how long the batcher may wait for the GIL"
+    )
+    batch_max_size: int = Field(64, ge=1, le=4096, description="most requests served by one batched model call")
+    batch_wait_ms: float = Field(
+        1.0, ge=0, le=100, description="longest wait for other requests to batch with, while requests arrive that often"
+    )
+    retrieval: Literal["auto", "index", "exact"] = Field(
+        "auto", description="top-k by an approximate index (index), by scoring every item (exact), or auto: "
+        "an index from GRU4REC_INDEX_MIN_ITEMS items on",
+    )
+    index_min_items: int = Field(200_000, ge=2, description="catalogue size from which `auto` uses the index")
+    index_nprobe: int | None = Field(
+        None, ge=1, description="index cells searched per request (more: better recall, slower); default an eighth of them"
+    )
+    index_candidates: int = Field(
+        500, ge=1, le=100_000, description="candidates per request re-scored exactly (at least k, plus excluded items)"
+    )
+    index_cache_dir: Path | None = Field(
+        None, description="where indexes are cached when the model directory is read-only (default ~/.cache/gru4rec/indexes)"
+    )
 
-    @field_validator("redis_url", "api_key", mode="before")
+    @field_validator("redis_url", "api_key", "index_cache_dir", "index_nprobe", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         """An exported-but-empty variable means 'not configured', not 'configured as empty'."""

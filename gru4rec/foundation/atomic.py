@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fnmatch
 import json
 import logging
 import os
@@ -61,14 +62,21 @@ _OUTPUT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.ED
 class OutputKind:
     """A kind of directory a command writes, so that it can tell its own outputs from anyone else's.
 
-    `files` are the names such a directory may hold (anything else is someone else's and blocks a
-    replacement); `signature` recognises one written before the marker file existed.
+    `files` are the names such a directory may hold, `patterns` (shell-style) names other tools of
+    the project add to it later, such as the service's cached top-k index (anything else is
+    someone else's and blocks a replacement); `signature` recognises one written before the
+    marker file existed.
     """
 
     label: str
     command: str
     files: frozenset[str]
     signature: str
+    patterns: tuple[str, ...] = ()
+
+    def holds(self, name: str) -> bool:
+        """Whether a file called `name` belongs in a directory of this kind."""
+        return name in self.files or name == MARKER or any(fnmatch.fnmatchcase(name, p) for p in self.patterns)
 
     def marker(self) -> str:
         return json.dumps({"kind": self.label, "written_by": self.command}) + "\n"
@@ -168,7 +176,7 @@ def _check_ours(path: Path, kind: OutputKind, option: str, replace: bool) -> Non
             f"{option} {path}: exists, is not empty and is not the output of an earlier {kind.command}; "
             f"refusing to write there, choose another {option}"
         )
-    foreign = sorted(names - kind.files - {MARKER}) if replace else []
+    foreign = sorted(name for name in names if not kind.holds(name)) if replace else []
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         raise UserError(

@@ -42,8 +42,17 @@ MODEL_FILE = "model.pt"
 METADATA_FILE = "metadata.json"
 RESUME_FILE = "resume.pt"
 OPTIMIZER_FILE = "optimizer.pt"
+SERVING_INDEX_PREFIX = "serving-index-"
+SERVING_INDEX_SUFFIX = ".faiss"
+"""`gru4rec serve` caches the top-k index it builds beside the weights as PREFIX + KEY + SUFFIX (written
+through a hidden temporary `.PREFIX...tmp`): such files belong to the model directory, so `train --out`
+and `--resume` still recognise the directory as theirs (a replaced directory drops the stale index)."""
 MODEL_OUTPUT = OutputKind(
-    "model directory", "gru4rec train", frozenset({MODEL_FILE, METADATA_FILE, OPTIMIZER_FILE, RESUME_FILE}), METADATA_FILE
+    "model directory",
+    "gru4rec train",
+    frozenset({MODEL_FILE, METADATA_FILE, OPTIMIZER_FILE, RESUME_FILE}),
+    METADATA_FILE,
+    patterns=(f"{SERVING_INDEX_PREFIX}*{SERVING_INDEX_SUFFIX}", f".{SERVING_INDEX_PREFIX}*.tmp"),
 )
 REQUIRED_METADATA = {1: ("hyperparameters", "item_ids", "item_counts"), 2: ("model", "item_ids", "item_counts")}
 

@@ -7,30 +7,34 @@ pass through the GRU layers and the output layer, and the optimiser update out b
   forward   x_0 = dropout(E[items]);  per layer: r, z = sigmoid(W_i x + b_i + W_h h + b_h) (r, z blocks)
             n = tanh(W_in x + b_in + r * (W_hn h + b_hn));  h' = n + z * (h - n);  x = dropout(h')
             O = x_L . W_y[cols]^T + b_y[cols]
-  backward  dO from the loss (closed form for cross-entropy, autograd on O alone otherwise), then
-            the chain rule through the output layer and the GRU cells. The incoming hidden state is
-            detached (no BPTT), so no gradient flows into it.
+  backward  dO from the loss (closed form for cross-entropy and BPR-max, autograd on O alone for the
+            others), then the chain rule through the output layer and the GRU cells. The incoming
+            hidden state is detached (no BPTT), so no gradient flows into it.
   update    Adagrad + momentum: dense multi-tensor update for the GRU weights, sparse row update
             for the item tables (the same AdagradMomentum methods and state as the eager path).
 
 It covers the `shared` and `separate` embedding modes with any number of layers and the Adagrad
 optimiser; other settings use the autograd (eager) path, which stays the reference for correctness
-(tests compare the two).
+(tests compare the two). Mini-batches keep their natural size (the tail of an epoch shrinks), and
+scores are computed once per distinct item row: the right shape for a CPU. The fixed-shape variant
+for CUDA graphs is gru4rec.training.fixed_step.
 
-The element-wise parts and the products go through an `ops` object: TorchOps below (portable, any
-device, and the specification) or, on a CPU, native.NativeOps, which does each of them in one
-compiled pass (the output layer with cross-entropy as a single call). Tests hold all three paths,
-eager, fused with TorchOps and fused with NativeOps, to the same results.
+The matrix products are PyTorch's; the element-wise parts go through an `ops` object: TorchOps below
+(portable, any device, and the specification) or, on a CPU, native.NativeOps, which does each of
+them in one compiled pass. Tests hold all three paths, eager, fused with TorchOps and fused with
+NativeOps, to the same results.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-from gru4rec.training import native
-from gru4rec.training.losses import EPS, LossFn
 from gru4rec.model.network import GRU4Rec, Hidden, dropout_mask
+from gru4rec.training import native
+from gru4rec.training.losses import LossFn, OutputLoss
 from gru4rec.training.optim import AdagradMomentum, Gradients
 from gru4rec.training.settings import TrainingSettings
 
@@ -39,14 +43,21 @@ def supports(model: GRU4Rec, optimizer: torch.optim.Optimizer) -> bool:
     return model.mode in ("shared", "separate") and isinstance(optimizer, AdagradMomentum)
 
 
+def output_loss(settings: TrainingSettings) -> OutputLoss:
+    return OutputLoss(settings.loss, settings.logq, settings.elu_param, settings.bpreg)
+
+
 class TorchOps:
     """The element-wise parts of the step in portable PyTorch: the specification of native.NativeOps."""
 
     def __init__(self, n_items: int, device: torch.device) -> None:
         self.slot = torch.full((n_items,), -1, dtype=torch.long, device=device)
 
-    def distinct(self, ids: Tensor, first_late: int) -> tuple[Tensor, Tensor, Tensor]:
-        """Distinct ids (rows), where each id went (inverse), and which rows occur at or after first_late.
+    def distinct(
+        self, ids: Tensor, first_late: int, W: Tensor | None = None, b: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+        """Distinct ids (rows), where each id went (inverse), which rows occur at or after first_late,
+        and (given tables W and b) those rows of W and b.
 
         Sort-free: torch.unique sorts (about 100 us for 2,000 ids on a CPU core); marking rows in a
         per-item slot table costs a third of that.
@@ -59,11 +70,9 @@ class TorchOps:
         rows, inverse = ids[first], compact.index_select(0, representative)
         late = torch.zeros(len(rows), dtype=torch.bool, device=ids.device)
         late[inverse[first_late:]] = True
-        return rows, inverse, late
-
-    @staticmethod
-    def mm(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
-        return a @ b if bias is None else torch.addmm(bias, a, b)
+        if W is None or b is None:
+            return rows, inverse, late, None, None
+        return rows, inverse, late, W.index_select(0, rows), b.index_select(0, rows)
 
     @staticmethod
     def gru_forward(gi: Tensor, gh: Tensor, h: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
@@ -77,26 +86,21 @@ class TorchOps:
         return rz, n, out
 
     @staticmethod
-    def output_xe(
-        x: Tensor, W_rows: Tensor, b_rows: Tensor, col_of: Tensor, log_q: Tensor | None,
-        logq: float, scale: float, eps: float,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """The output layer with cross-entropy, forward and backward: (loss, dx, dW_rows, db_rows).
+    def output_grad(
+        loss: OutputLoss, x: Tensor, W_rows: Tensor, b_rows: Tensor, col_of: Tensor, log_q: Tensor | None,
+        scale: float,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+        """The output layer with a closed-form loss, forward and backward: (loss, dx, dW_rows, db_rows).
 
         Scores are computed once per distinct item row and expanded to the columns, col_of[c]
-        being column c's row; gradients of columns that share a row are summed into it.
+        being column c's row; gradients of columns that share a row are summed into it. None for
+        the losses without a closed form (the step then uses autograd on the scores).
         """
+        if not loss.closed_form:
+            return None
         O = torch.addmm(b_rows.unsqueeze(0), x, W_rows.t()).index_select(1, col_of)
-        if log_q is not None:
-            O = O - logq * log_q
-        s = torch.softmax(O, dim=1)
-        target = torch.diagonal(s)
-        loss = -torch.log(target + eps).sum() * scale
-        # d/dO of -log(s_ii + eps) = (s_ii / (s_ii + eps)) * (s_i - e_i)
-        weight = (target / (target + eps)) * scale
-        dO = s.mul_(weight.unsqueeze(1))
-        torch.diagonal(dO).sub_(weight)
-        return (loss, *output_backward(dO, col_of, x, W_rows))
+        value, dO = loss.grad(O, log_q, scale)
+        return (value, *output_backward(dO, col_of, x, W_rows))
 
     @staticmethod
     def gru_backward(
@@ -127,6 +131,30 @@ def make_ops(n_items: int, device: torch.device) -> TorchOps | native.NativeOps:
     return TorchOps(n_items, device)
 
 
+@dataclass
+class _Rows:
+    """The distinct item rows of one mini-batch and where each input and column went."""
+
+    rows: Tensor  # distinct item indices
+    inverse: Tensor  # position in rows of each id (inputs first in the shared mode, then columns)
+    is_column: Tensor  # rows that are score columns (not only inputs)
+    col_of: Tensor  # each column's position in rows
+    W: Tensor  # W_y's rows
+    b: Tensor  # b_y's rows
+
+
+@dataclass
+class _Layer:
+    """What one GRU layer's backward pass needs from its forward pass."""
+
+    x: Tensor
+    h: Tensor
+    rz: Tensor
+    n: Tensor
+    gh: Tensor
+    mask: Tensor | None
+
+
 class FusedStep:
     def __init__(
         self, model: GRU4Rec, optimizer: AdagradMomentum, settings: TrainingSettings, loss_fn: LossFn,
@@ -136,96 +164,117 @@ class FusedStep:
         device = model.Wy.weight.device
         self.ops = ops if ops is not None else make_ops(model.n_items, device)
         self.opt = optimizer
-        self.loss_name = settings.loss
+        self.loss = output_loss(settings)
         self.loss_fn = loss_fn
-        self.logq = settings.logq
         self.batch_size = settings.batch_size
         # dropout is part of the network's definition, which this step re-implements
         self.p_embed = model.config.dropout_p_embed
         self.p_hidden = model.config.dropout_p_hidden
         self.dense = [t for cell in model.cells for t in (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)]
+        self.masks: list[Tensor | None] = []  # the last step's dropout masks: input, then each layer
 
     @torch.no_grad()
     def __call__(self, inputs: Tensor, columns: Tensor, hidden: Hidden, log_q: Tensor | None = None) -> tuple[Tensor, Hidden]:
         """Train on one mini-batch whose targets are columns[:B]; returns (loss, new hidden)."""
-        loss, hidden, grads = self.gradients(inputs, columns, hidden, log_q)
-        self.opt.apply(grads)
-        return loss, hidden
+        rows, loss, new_hidden, dense_grads, dx, dW_rows, db_rows = self._compute(inputs, columns, hidden, log_q)
+        if isinstance(self.ops, native.NativeOps) and self.model.E is None:
+            # the item rows' update in one compiled pass (the input gradients folded in)
+            self.opt.dense_update(self.dense, dense_grads)
+            native.output_rows_update(self.opt, self.model.Wy.weight, self.model.By.weight, rows.rows, dW_rows,
+                                      db_rows, rows.is_column.view(torch.uint8), rows.inverse[: len(inputs)], dx)
+        else:
+            self.opt.apply(self._gradients(inputs, rows, dense_grads, dx, dW_rows, db_rows))
+        return loss, new_hidden
 
     @torch.no_grad()
     def gradients(
         self, inputs: Tensor, columns: Tensor, hidden: Hidden, log_q: Tensor | None = None
     ) -> tuple[Tensor, Hidden, Gradients]:
-        """Forward and backward for one mini-batch: (loss, new hidden, gradients by hand)."""
-        model, ops = self.model, self.ops
-        b = len(inputs)
-        Wy, By = model.Wy.weight, model.By.weight
-        shared = model.E is None
-        # Work on each distinct item row once: the sampled columns repeat popular items many times.
-        # Scores are computed per distinct row and then expanded to the B + n_sample columns.
-        rows, inverse, is_column = ops.distinct(torch.cat([inputs, columns]) if shared else columns, b if shared else 0)
-        col_of = inverse[b:] if shared else inverse
-        W_rows = Wy.index_select(0, rows)
-        b_rows = By.index_select(0, rows).squeeze(1)
-        if shared:
-            x = W_rows.index_select(0, inverse[:b])
-        else:
-            x = model.E.weight.index_select(0, inputs)
+        """Forward and backward for one mini-batch: (loss, new hidden, gradients by hand), for callers
+        that combine gradients before the update (distributed training)."""
+        rows, loss, new_hidden, dense_grads, dx, dW_rows, db_rows = self._compute(inputs, columns, hidden, log_q)
+        return loss, new_hidden, self._gradients(inputs, rows, dense_grads, dx, dW_rows, db_rows)
 
-        # forward, keeping what the backward pass needs
-        embed_mask = dropout_mask(x, self.p_embed)
+    def _compute(self, inputs: Tensor, columns: Tensor, hidden: Hidden, log_q: Tensor | None):
+        """Forward and backward: the rows, loss, new hidden, dense gradients, d input embedding, d rows."""
+        rows = self._rows(inputs, columns)
+        table = rows.W if self.model.E is None else self.model.E.weight
+        x = table.index_select(0, rows.inverse[: len(inputs)] if self.model.E is None else inputs)
+        layers, new_hidden = self._forward(x, hidden)
+        loss, dx, dW_rows, db_rows = self._output(new_hidden[-1], rows, log_q)
+        dense_grads, dx = self._backward(dx, layers)
+        return rows, loss, new_hidden, dense_grads, dx, dW_rows, db_rows
+
+    def _rows(self, inputs: Tensor, columns: Tensor) -> _Rows:
+        """Work on each distinct item row once: the sampled columns repeat popular items many times."""
+        shared, b = self.model.E is None, len(inputs)
+        ids = torch.cat([inputs, columns]) if shared else columns
+        Wy, By = self.model.Wy.weight, self.model.By.weight
+        rows, inverse, is_column, W, bias = self.ops.distinct(ids, b if shared else 0, Wy, By.view(-1))
+        col_of = inverse[b:] if shared else inverse
+        return _Rows(rows, inverse, is_column, col_of, W, bias)
+
+    def _forward(self, x: Tensor, hidden: Hidden) -> tuple[list[_Layer], Hidden]:
+        """The GRU layers, keeping what the backward pass needs; draws the masks in the eager step's order."""
+        embed_mask = self._mask(x, self.p_embed)
+        self.masks = [embed_mask]
         if embed_mask is not None:
             x = x * embed_mask
-        x, saved, new_hidden = self._gru_forward(x, hidden)
-        # the output layer and the loss, forward and backward
-        scale = 1.0 / self.batch_size
-        if self.loss_name == "cross-entropy":
-            q = log_q if self.logq > 0 else None
-            loss, dx, dW_rows, db_rows = ops.output_xe(x, W_rows, b_rows, col_of, q, self.logq, scale, EPS)
-        else:
-            loss, dx, dW_rows, db_rows = self._output_autograd(x, W_rows, b_rows, col_of, log_q, scale)
-        # backward through the GRU layers, last first
-        dense_grads: list[Tensor] = []
-        for cell, (x_in, h, rz, n, gh, mask) in zip(reversed(model.cells), reversed(saved)):
-            dgi, dgh, dbi, dbh = ops.gru_backward(dx, mask, h, rz, n, gh)
-            dense_grads = [ops.mm(dgi.t(), x_in), ops.mm(dgh.t(), h), dbi, dbh] + dense_grads
-            dx = ops.mm(dgi, cell.weight_ih)
-        if embed_mask is not None:
-            dx = dx * embed_mask
+        layers: list[_Layer] = []
+        new_hidden: Hidden = []
+        for cell, h in zip(self.model.cells, hidden):
+            gi = torch.addmm(cell.bias_ih, x, cell.weight_ih.t())
+            gh = torch.addmm(cell.bias_hh, h, cell.weight_hh.t())
+            mask = self._mask(h, self.p_hidden)
+            self.masks.append(mask)
+            rz, n, out = self.ops.gru_forward(gi, gh, h, mask)
+            layers.append(_Layer(x, h, rz, n, gh, mask))
+            new_hidden.append(out)
+            x = out
+        return layers, new_hidden
 
-        # rows the reference touches: the bias of an item that was only an input is not touched
+    def _mask(self, like: Tensor, p: float) -> Tensor | None:
+        return dropout_mask(like, p)
+
+    def _output(self, x: Tensor, rows: _Rows, log_q: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The output layer and the loss, forward and backward: (loss, dx, dW_rows, db_rows)."""
+        scale = 1.0 / self.batch_size
+        done = self.ops.output_grad(self.loss, x, rows.W, rows.b, rows.col_of, log_q, scale)
+        if done is not None:
+            return done
+        # the other losses: autograd on the score matrix alone
+        O_rows = torch.addmm(rows.b.unsqueeze(0), x, rows.W.t())
+        with torch.enable_grad():
+            leaf = O_rows.index_select(1, rows.col_of).requires_grad_(True)
+            loss = self.loss_fn(leaf, log_q) * scale
+            (dO,) = torch.autograd.grad(loss, leaf)
+        return (loss.detach(), *output_backward(dO, rows.col_of, x, rows.W))
+
+    def _backward(self, dx: Tensor, layers: list[_Layer]) -> tuple[list[Tensor], Tensor]:
+        """Through the GRU layers, last first: the dense gradients and d loss / d (masked) input embedding."""
+        dense_grads: list[Tensor] = []
+        for cell, layer in zip(reversed(self.model.cells), reversed(layers)):
+            dgi, dgh, dbi, dbh = self.ops.gru_backward(dx, layer.mask, layer.h, layer.rz, layer.n, layer.gh)
+            dense_grads = [dgi.t() @ layer.x, dgh.t() @ layer.h, dbi, dbh] + dense_grads
+            dx = dgi @ cell.weight_ih
+        if self.masks[0] is not None:
+            dx = dx * self.masks[0]
+        return dense_grads, dx
+
+    def _gradients(
+        self, inputs: Tensor, rows: _Rows, dense_grads: list[Tensor], dx: Tensor, dW_rows: Tensor, db_rows: Tensor
+    ) -> Gradients:
+        """The step's gradients by parameter; rows the reference touches only (an input-only item's bias is not)."""
+        model, b = self.model, len(inputs)
         grads = Gradients(dense=list(zip(self.dense, dense_grads)), unique=True)
-        if shared:
-            dW_rows.index_add_(0, inverse[:b], dx)
-            grads.sparse.append((Wy, rows, dW_rows))
-            keep = is_column.nonzero().squeeze(1)
-            grads.sparse.append((By, rows.index_select(0, keep), db_rows.index_select(0, keep).unsqueeze(1)))
+        Wy, By = model.Wy.weight, model.By.weight
+        if model.E is None:
+            dW_rows.index_add_(0, rows.inverse[:b], dx)
+            grads.sparse.append((Wy, rows.rows, dW_rows))
+            keep = rows.is_column.nonzero().squeeze(1)
+            grads.sparse.append((By, rows.rows.index_select(0, keep), db_rows.index_select(0, keep).unsqueeze(1)))
         else:
             E_rows, E_inverse = torch.unique(inputs, return_inverse=True)  # B ids: sorting is cheap
             dE = torch.zeros(len(E_rows), dx.shape[1], dtype=dx.dtype, device=dx.device).index_add_(0, E_inverse, dx)
-            grads.sparse += [(model.E.weight, E_rows, dE), (Wy, rows, dW_rows), (By, rows, db_rows.unsqueeze(1))]
-        return loss, new_hidden, grads
-
-    def _gru_forward(self, x: Tensor, hidden: Hidden) -> tuple[Tensor, list[tuple], Hidden]:
-        """The GRU layers forward: (last output, what each layer's backward needs, new hidden)."""
-        ops, saved, new_hidden = self.ops, [], []
-        for cell, h in zip(self.model.cells, hidden):
-            gi = ops.mm(x, cell.weight_ih.t(), cell.bias_ih)
-            gh = ops.mm(h, cell.weight_hh.t(), cell.bias_hh)
-            mask = dropout_mask(h, self.p_hidden)
-            rz, n, out = ops.gru_forward(gi, gh, h, mask)
-            saved.append((x, h, rz, n, gh, mask))
-            new_hidden.append(out)
-            x = out
-        return x, saved, new_hidden
-
-    def _output_autograd(
-        self, x: Tensor, W_rows: Tensor, b_rows: Tensor, col_of: Tensor, log_q: Tensor | None, scale: float
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """The output layer for the other losses: autograd on the score matrix alone."""
-        O_rows = torch.addmm(b_rows.unsqueeze(0), x, W_rows.t())
-        with torch.enable_grad():
-            leaf = O_rows.index_select(1, col_of).requires_grad_(True)
-            loss = self.loss_fn(leaf, log_q) * scale
-            loss.backward()
-        return (loss.detach(), *output_backward(leaf.grad, col_of, x, W_rows))
+            grads.sparse += [(model.E.weight, E_rows, dE), (Wy, rows.rows, dW_rows), (By, rows.rows, db_rows.unsqueeze(1))]
+        return grads

@@ -4,11 +4,17 @@ O is B x (B + n_sample): row i holds one mini-batch row's scores for the B in-ba
 by the shared extra negatives, and the target of row i is column i (the other in-batch targets are
 its negatives). Each function returns the loss summed over rows; the trainer divides by the batch
 size. Accidental hits (a negative equal to the target) are not masked, as in the reference.
+
+The hand-written steps use closed forms of the two recommended losses (`cross_entropy_grad`,
+`bpr_max_grad`: the loss and d loss / d O at once, without autograd); these can also leave out
+rows and columns (a fixed-shape step's finished slots). The autograd versions above them stay the
+reference, and the tests hold the two to the same values and gradients.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -79,3 +85,84 @@ def make_loss(name: str, *, logq: float = 0.0, elu_param: float = 0.5, bpreg: fl
     if name == "top1":
         return lambda O, log_q: top1(O)
     raise ValueError(f"unknown loss {name!r}")
+
+
+@dataclass(frozen=True)
+class OutputLoss:
+    """A loss by its reference name with its parameters, as the hand-written steps need it."""
+
+    name: str
+    logq: float = 0.0
+    elu_param: float = 0.5
+    bpreg: float = 1.0
+
+    @property
+    def closed_form(self) -> bool:
+        return self.name in ("cross-entropy", "bpr-max")
+
+    def grad(
+        self, O: Tensor, log_q: Tensor | None, scale: float, rows: Tensor | None = None, cols: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """(scale * loss, scale * d loss / d O) for cross-entropy or BPR-max; see cross_entropy_grad."""
+        if self.name == "cross-entropy":
+            return cross_entropy_grad(O, log_q if self.logq > 0 else None, self.logq, scale, rows, cols)
+        if self.name == "bpr-max":
+            return bpr_max_grad(O, self.elu_param, self.bpreg, scale, rows, cols)
+        raise ValueError(f"{self.name} has no closed form here: use autograd")
+
+
+def _masked_rows(row_loss: Tensor, dO: Tensor, rows: Tensor | None, scale: float) -> tuple[Tensor, Tensor]:
+    if rows is not None:  # `where`, not a product: a left-out row may hold inf or NaN
+        row_loss = torch.where(rows, row_loss, 0.0)
+        dO = torch.where(rows.unsqueeze(1), dO, 0.0)
+    return row_loss.sum() * scale, dO
+
+
+def cross_entropy_grad(
+    O: Tensor, log_q: Tensor | None, logq: float, scale: float, rows: Tensor | None = None, cols: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """cross_entropy and its gradient: d/dO_ic of -log(s_ii + eps) is (s_ii / (s_ii + eps)) (s_ic - [c == i]).
+
+    rows (B, bool): the rows that count (None: all); cols (C, bool): the columns that exist (None: all),
+    so that a left-out column is neither a target nor a negative of any row.
+    """
+    if logq > 0 and log_q is not None:
+        O = O - logq * log_q
+    if cols is not None:
+        O = O.masked_fill(~cols, float("-inf"))
+    s = torch.softmax(O, dim=1)
+    target = torch.diagonal(s).clone()
+    weight = (target / (target + EPS)) * scale
+    if rows is not None:
+        weight = torch.where(rows, weight, 0.0)
+    dO = s.mul_(weight.unsqueeze(1))
+    torch.diagonal(dO).sub_(weight)
+    return _masked_rows(-torch.log(target + EPS), dO, rows, scale)
+
+
+def bpr_max_grad(
+    O: Tensor, elu_param: float, bpreg: float, scale: float, rows: Tensor | None = None, cols: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """bpr_max and its gradient (rows and cols as in cross_entropy_grad). With s the softmax over the
+    negatives, sg_ij = sigmoid(x_ii - x_ij), rank_i = sum_j s_ij sg_ij, reg_i = sum_j s_ij x_ij^2, w_i = 1/(rank_i + eps):
+    d/dx_ij = s_ij (-w_i (sg_ij - rank_i - sg_ij (1 - sg_ij)) + bpreg (x_ij^2 - reg_i + 2 x_ij)) for j != i,
+    d/dx_ii = -w_i sum_j s_ij sg_ij (1 - sg_ij), then times ELU's slope.
+    """
+    X = F.elu(O, elu_param) if elu_param > 0 else O
+    negative = ~torch.eye(O.shape[0], O.shape[1], dtype=torch.bool, device=O.device)
+    if cols is not None:
+        negative &= cols
+    top = X.masked_fill(~negative, float("-inf")).amax(dim=1, keepdim=True)  # over the negatives only
+    e = torch.exp(X - top).masked_fill_(~negative, 0.0)
+    s = e / e.sum(dim=1, keepdim=True)
+    sg = torch.sigmoid(_target_scores(X) - X)
+    rank = torch.sum(s * sg, dim=1, keepdim=True)
+    reg = torch.sum(s * X * X, dim=1, keepdim=True)
+    w = 1.0 / (rank + EPS)
+    slope = sg * (1.0 - sg)
+    dX = s * (-w * (sg - rank - slope) + bpreg * (X * X - reg + 2.0 * X))
+    torch.diagonal(dX).copy_(-w.squeeze(1) * torch.sum(s * slope, dim=1))
+    if elu_param > 0:
+        dX = dX * torch.where(X > 0, 1.0, X + elu_param)
+    row_loss = -torch.log(rank.squeeze(1) + EPS) + bpreg * reg.squeeze(1)
+    return _masked_rows(row_loss, dX * scale, rows, scale)

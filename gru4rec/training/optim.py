@@ -55,7 +55,8 @@ class AdagradMomentum(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, momentum=momentum, eps=eps))
         self.lr, self.momentum, self.eps = lr, momentum, eps
 
-    def _state(self, p: Tensor) -> dict:
+    def state_for(self, p: Tensor) -> dict:
+        """p's accumulator (and momentum), created at zero on first use."""
         state = self.state[p]
         if "acc" not in state:
             state["acc"] = torch.zeros_like(p)
@@ -82,7 +83,7 @@ class AdagradMomentum(torch.optim.Optimizer):
     @torch.no_grad()
     def dense_update(self, params: Sequence[Tensor], grads: Sequence[Tensor]) -> None:
         """Update whole tensors, all at once with the multi-tensor (_foreach) kernels."""
-        states = [self._state(p) for p in params]
+        states = [self.state_for(p) for p in params]
         if native.usable(*params):
             for p, g, s in zip(params, grads, states):
                 native.adagrad_rows(p, s["acc"], s.get("mom"), None, g.contiguous(), self.lr, self.momentum, self.eps)
@@ -110,7 +111,7 @@ class AdagradMomentum(torch.optim.Optimizer):
     @torch.no_grad()
     def unique_rows_update(self, p: Tensor, rows: Tensor, grad: Tensor) -> None:
         """Update rows `rows` (no repeats) of p by their summed gradient `grad` (consumed)."""
-        state = self._state(p)
+        state = self.state_for(p)
         if native.usable(p, rows):
             grad = grad.contiguous()
             native.adagrad_rows(p, state["acc"], state.get("mom"), rows, grad, self.lr, self.momentum, self.eps)

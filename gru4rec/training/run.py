@@ -41,7 +41,7 @@ from gru4rec.training import distributed as ddp
 from gru4rec.training import sasrec
 from gru4rec.training.memory import MemoryEstimate, check_training_memory, estimate_training_memory
 from gru4rec.training.params import HyperParams
-from gru4rec.training.trainer import EpochStats, Trainer
+from gru4rec.training.trainer import EpochStats, Trainer, TrainingDiverged
 from gru4rec.training.warm_start import check_compatible, warm_start_model, warm_start_optimizer_state
 
 log = logging.getLogger(__name__)
@@ -227,7 +227,10 @@ class _Run:
     def epochs(self) -> list[EpochStats]:
         n_epochs = self.params.training.n_epochs
         for epoch in range(self.first_epoch, n_epochs + 1):
-            stats = self.trainer.train_epoch(epoch)
+            try:
+                stats = self.trainer.train_epoch(epoch)
+            except TrainingDiverged as exc:
+                raise TrainingDiverged(f"{exc} ({_output_kept(self.out_dir)})") from None
             check_not_diverged(self.trainer.model, epoch, self.out_dir)
             if self.is_main:
                 self._validate(epoch, stats)
@@ -320,8 +323,7 @@ def check_not_diverged(model: torch.nn.Module, epoch: int, out_dir: Path) -> Non
     Cheap: one pass over the weights and two steps of a few items, one at a time (as the service
     steps a session) and together (as evaluation does); their results can differ in how they overflow.
     """
-    kept = f"{out_dir} keeps the epoch written before" if out_dir.exists() else f"nothing was written to {out_dir}"
-    advice = f"lower learning_rate and train again ({kept})"
+    advice = f"lower learning_rate and train again ({_output_kept(out_dir)})"
     for name, weights in model.named_parameters():
         if not bool(torch.isfinite(weights).all()):
             raise UserError(f"training diverged in epoch {epoch}: the weights {name} became NaN or infinite; {advice}")
@@ -338,6 +340,11 @@ def check_not_diverged(model: torch.nn.Module, epoch: int, out_dir: Path) -> Non
         raise UserError(
             f"training diverged in epoch {epoch}: the network's scores overflow (largest weight {largest:.3g}); {advice}"
         )
+
+
+def _output_kept(out_dir: Path) -> str:
+    """What a run stopped by divergence leaves in its output directory."""
+    return f"{out_dir} keeps the epoch written before" if out_dir.exists() else f"nothing was written to {out_dir}"
 
 
 def _probe(model: torch.nn.Module, items: Tensor) -> Tensor:

@@ -100,6 +100,21 @@ class NegativeSampler:
         self._next += 1
         return sample
 
+    def take(self, n: int) -> Tensor:
+        """The next n rows of negatives at once ([n, n_sample]): the stream next() would hand out."""
+        if self.n_sample == 0:
+            return torch.empty(n, 0, dtype=torch.long, device=self.device)
+        parts = []
+        while n > 0:
+            if self._buffer is None or self._next >= self.rows:
+                self._refill()
+            assert self._buffer is not None
+            k = min(n, self.rows - self._next)
+            parts.append(self._buffer[self._next : self._next + k])
+            self._next += k
+            n -= k
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
     def state_dict(self) -> dict[str, Tensor | int]:
         """Where the stream of negatives stands: a restored sampler continues it exactly."""
         if self.generator is None:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from service.dependencies import get_bundle
 from service.engine import ModelBundle
@@ -64,16 +66,19 @@ async def list_items(
     bundle: ModelBundle = Depends(get_bundle),
 ) -> ItemsResponse:
     """Item ids of the served model with their training click counts, for browsing and search."""
-    ids, counts, folded = bundle.ranking
-    if query:
-        needle = query.casefold()
-        hits = [j for j, text in enumerate(folded) if needle in text]
-        items = [CatalogueItem(item_id=ids[j], count=counts[j]) for j in hits[:limit]]
-        matches = len(hits)
-    else:
-        items = [CatalogueItem(item_id=ids[j], count=counts[j]) for j in range(min(limit, len(ids)))]
-        matches = len(ids)
+    hits, matches = await run_in_threadpool(_search, bundle, query or "", limit)  # a scan of the catalogue
+    ids = bundle.catalogue.ids_of(hits.tolist())
+    items = [CatalogueItem(item_id=i, count=int(c)) for i, c in zip(ids, bundle.item_counts[hits].tolist(), strict=True)]
     return ItemsResponse(items=items, matches=matches, model_version=bundle.version)
+
+
+def _search(bundle: ModelBundle, query: str, limit: int) -> tuple[np.ndarray, int]:
+    """The first `limit` matching items, most popular first, and how many match (no str per item)."""
+    order = bundle.popular_order
+    if not query:
+        return order[:limit], len(order)
+    hits = order[bundle.catalogue.matching(query)[order]]
+    return hits[:limit], len(hits)
 
 
 @router.get("/", include_in_schema=False)

@@ -28,7 +28,7 @@ async def readyz(request: Request, store: SessionStore = Depends(get_store)) -> 
     """A model is loaded and the session store answers; 503 otherwise (take the instance out of rotation)."""
     runtime = request.app.state.runtime
     version = runtime.bundle.version if runtime.bundle is not None else None
-    store_ok = await run_in_threadpool(store.ping)
+    store_ok = await store.ping()
     ready = version is not None and store_ok
     body = Readiness(
         status="ready" if ready else "not ready",
@@ -47,7 +47,7 @@ async def readyz(request: Request, store: SessionStore = Depends(get_store)) -> 
 async def metrics(store: SessionStore = Depends(get_store), metrics: Metrics = Depends(get_metrics)) -> Response:
     """Request counts and latency per endpoint, unknown-item rate, session store size and evictions, model version."""
     try:
-        metrics.sessions.set(await run_in_threadpool(store.size))
+        metrics.sessions.set(await store.size())
     except SessionStoreError:
         pass  # keep the last value; /readyz reports the store
     return Response(await run_in_threadpool(metrics.render), media_type=CONTENT_TYPE)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Response
-from starlette.concurrency import run_in_threadpool
 
 from service.dependencies import Serving, get_serving
 from service.recommender import Filters
@@ -29,8 +28,9 @@ async def recommend(
       seen yet are processed; without `items` the stored session is asked again.
 
     Unknown item ids are skipped and listed in `unknown_items`; a session without any known item gets
-    the most popular items (`source: popularity`).
+    the most popular items (`source: popularity`). On large catalogues the top-k comes from an
+    approximate index (see `GET /v1/model`); `exact: true` scores every item instead.
     """
-    filters = Filters(body.k, body.exclude_seen, body.exclude, body.include)
-    content = await run_in_threadpool(serving.recommender.recommend, serving.bundle, body.items, body.session_id, filters)
+    filters = Filters(body.k, body.exclude_seen, body.exclude, body.include, body.exact)
+    content = await serving.recommender.recommend(serving.bundle, body.items, body.session_id, filters)
     return Response(content, media_type="application/json")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Response
-from starlette.concurrency import run_in_threadpool
 
 from service.dependencies import Serving, get_recommender, get_serving
 from service.recommender import Filters, Recommender
@@ -30,8 +29,8 @@ async def add_event(
     A new session id starts a new session. An unknown item leaves the state as it was and is listed
     in `unknown_items`.
     """
-    filters = Filters(body.k, body.exclude_seen, body.exclude, body.include)
-    content = await run_in_threadpool(serving.recommender.click, serving.bundle, session_id, body.item_id, filters)
+    filters = Filters(body.k, body.exclude_seen, body.exclude, body.include, body.exact)
+    content = await serving.recommender.click(serving.bundle, session_id, body.item_id, filters)
     return Response(content, media_type="application/json")
 
 
@@ -42,6 +41,6 @@ async def delete_session(
     session_id: str = SessionIdPath, recommender: Recommender = Depends(get_recommender)
 ) -> Response:
     """Drop the session's state and clicks (e.g. on logout)."""
-    if not await run_in_threadpool(recommender.forget, session_id):
+    if not await recommender.forget(session_id):
         raise HTTPException(404, f"session {session_id!r} is not known (never seen, expired or already deleted)")
     return Response(status_code=204)

@@ -71,15 +71,46 @@ def model_b() -> Path:
     return _train("model-b", 1030, 70, seed=2)
 
 
+@functools.cache
+def model_big() -> Path:
+    """A 20,000-item model with random (clustered) item vectors: large enough that the top-k index
+    returns only some of the catalogue. Not trained: its ranking need not mean anything."""
+    return synthetic_model(_ROOT / "model-big", 20_000, seed=5)
+
+
+def synthetic_model(out: Path, n_items: int, layers: tuple[int, ...] = (16,), seed: int = 0) -> Path:
+    """A model directory with seeded random weights: item vectors around 50 centres, varied biases."""
+    import torch
+
+    from gru4rec.data.sessions import ItemMap
+    from gru4rec.model.checkpoint import save_checkpoint
+    from gru4rec.model.config import ModelConfig
+    from gru4rec.model.network import GRU4Rec
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = GRU4Rec(n_items, ModelConfig(layers=layers))
+    centres = rng.normal(size=(50, layers[-1])).astype(np.float32)
+    vectors = centres[rng.integers(50, size=n_items)] + 0.5 * rng.normal(size=(n_items, layers[-1])).astype(np.float32)
+    with torch.no_grad():
+        model.Wy.weight.copy_(torch.from_numpy(vectors * rng.uniform(0.2, 1.5, size=(n_items, 1)).astype(np.float32)))
+        model.By.weight.copy_(torch.from_numpy(rng.normal(scale=0.5, size=(n_items, 1)).astype(np.float32)))
+    item_map = ItemMap.from_ids([f"i{j}" for j in range(n_items)])
+    counts = rng.integers(1, 1000, size=n_items)
+    save_checkpoint(out, model, item_map, counts, {"events": int(counts.sum())})
+    return out
+
+
 def copy_model(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
+    """A copy of the model directory as written by training (without a cached top-k index)."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("serving-index-*"))
     return dst
 
 
 def swap_model(src: Path, dst: Path) -> None:
     """Replace the directory `dst` by a copy of `src` the way the trainer does: atomically."""
     tmp = dst.with_name(f".{dst.name}.incoming")
-    shutil.copytree(src, tmp)
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("serving-index-*"))
     old = dst.with_name(f".{dst.name}.old")
     os.replace(dst, old)
     os.replace(tmp, dst)
@@ -106,6 +137,37 @@ def client(model_dir: Path, **overrides) -> Iterator:
 
     with TestClient(create_app(settings(model_dir, **overrides))) as c:
         yield c
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_server(app) -> Iterator[str]:
+    """A real uvicorn server in a thread serving `app`; yields its base URL."""
+    import threading
+    import time
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 def redis_client():

@@ -4,15 +4,13 @@ request while models are swapped under load (a real uvicorn server, clients in t
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections import Counter
 
 import httpx
 import pytest
-import uvicorn
-from service_helpers import client, copy_model, model_a, model_b, settings, swap_model
+from service_helpers import client, copy_model, model_a, model_b, running_server, settings, swap_model
 
 from service.app import create_app
 
@@ -57,28 +55,12 @@ def test_admin_reload_auth_and_swap(tmp_path):
         assert f'gru4rec_model_info{{version="{version_of(model_a())}"}} 0.0' in text
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def live_server(tmp_path):
     """A real uvicorn server in a thread, serving a copy of model A that the test may replace."""
     served = copy_model(model_a(), tmp_path / "served")
-    app = create_app(settings(served, api_key="k", reload_poll_s=0.1))
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", served
-    server.should_exit = True
-    thread.join(10)
+    with running_server(create_app(settings(served, api_key="k", reload_poll_s=0.1))) as url:
+        yield url, served
 
 
 def test_reload_under_concurrent_requests(live_server):

@@ -1,9 +1,10 @@
-"""Session stores: the in-process LRU/TTL store, the Redis store against a real redis-server, and
-sessions surviving a model change (rebuilt from their clicks)."""
+"""Session stores: the in-process LRU/TTL store, the Redis store against a real redis-server, requests
+of one session applied one after the other (in one process and across processes), and sessions
+surviving a model change (rebuilt from their clicks)."""
 
 from __future__ import annotations
 
-import threading
+import asyncio
 import time
 import uuid
 
@@ -11,7 +12,12 @@ import numpy as np
 import pytest
 from service_helpers import REDIS_URL, client, copy_model, model_a, model_b, redis_client, swap_model, top_ids, top_scores
 
-from service.sessions import MemorySessionStore, RedisSessionStore, SessionState, make_store
+from service.batcher import Batcher
+from service.engine import load_bundle
+from service.metrics import Metrics
+from service.recommender import Filters, Recommender
+from service.redis_store import RedisSessionStore, decode, encode
+from service.sessions import MISSING, MemorySessionStore, SessionState, SessionStoreError, make_store
 
 
 def state(version: str = "v1", n: int = 1, size: int = 16) -> SessionState:
@@ -32,13 +38,13 @@ def test_memory_store_lru_eviction():
     evicted: list[tuple[str, int]] = []
     store = MemorySessionStore(ttl_s=60, max_sessions=3, max_bytes=10**9, on_evict=lambda r, n: evicted.append((r, n)))
     for sid in "abc":
-        store.update(sid, lambda cur, sid=sid: state(n=1))
-    assert store.get("a") is not None  # a read does not refresh recency...
-    store.update("a", lambda cur: cur)  # ...an update does: b is now the least recently used
-    store.update("d", lambda cur: state())
+        store.put(sid, state(n=1))
+    assert store.get("a") is not None  # a plain read does not refresh recency...
+    store.put("a", store.get("a"))  # ...a write does: b is now the least recently used
+    store.put("d", state())
     assert store.get("b") is None
     assert all(store.get(s) is not None for s in "acd")
-    assert store.size() == 3 and evicted == [("lru", 1)]
+    assert asyncio.run(store.size()) == 3 and evicted == [("lru", 1)]
 
 
 def test_memory_store_memory_bound():
@@ -48,8 +54,8 @@ def test_memory_store_memory_bound():
         ttl_s=60, max_sessions=1000, max_bytes=int(one * 4.5), on_evict=lambda r, n: evicted.append((r, n))
     )
     for j in range(10):
-        store.update(f"s{j}", lambda cur: state(n=10))
-    assert store.size() == 4
+        store.put(f"s{j}", state(n=10))
+    assert asyncio.run(store.size()) == 4
     assert store.memory_bytes() <= one * 4.5
     assert [store.get(f"s{j}") is not None for j in range(10)] == [False] * 6 + [True] * 4
     assert sum(n for r, n in evicted if r == "memory") == 6
@@ -61,46 +67,50 @@ def test_memory_store_ttl():
     store = MemorySessionStore(
         ttl_s=10, max_sessions=100, max_bytes=10**9, on_evict=lambda r, n: evicted.append((r, n)), clock=clock
     )
-    store.update("a", lambda cur: state())  # expires at 10
+    store.put("a", state())  # expires at 10
     clock.now += 6
-    store.update("b", lambda cur: state())  # expires at 16
+    store.put("b", state())  # expires at 16
     clock.now += 3
-    store.update("a", lambda cur: cur)  # touching a session extends its life: now expires at 19
+    assert store.get("a", touch=True) is not None  # using a session extends its life: now expires at 19
     clock.now += 5
     assert store.get("a") is not None and store.get("b") is not None
     clock.now += 3  # 17
     assert store.get("b") is None and store.get("a") is not None
     clock.now += 3  # 20
-    assert store.size() == 0
+    assert asyncio.run(store.size()) == 0
     assert sum(n for r, n in evicted if r == "ttl") == 2
-    assert store.delete("a") is False
+    assert asyncio.run(store.delete("a")) is False
 
 
-def test_memory_store_serialises_updates_of_one_session():
-    store = MemorySessionStore(ttl_s=60, max_sessions=100, max_bytes=10**9)
-
-    def bump(cur: SessionState | None) -> SessionState:
-        n = 0 if cur is None else cur.n_clicks
-        time.sleep(0.0005)  # widen the race window
-        return state(n=n + 1)
-
-    threads = [threading.Thread(target=lambda: [store.update("x", bump) for _ in range(25)]) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert store.get("x").n_clicks == 100
+@pytest.fixture(scope="module")
+def bundle():
+    return load_bundle(model_a(), warmup_steps=1)
 
 
-def test_app_evicts_least_recent_sessions():
-    with client(model_a(), max_sessions=2) as api:
-        for sid in ("s1", "s2", "s3"):
-            assert api.post(f"/v1/sessions/{sid}/events", json={"item_id": "1001"}).status_code == 200
-        assert api.post("/v1/recommend", json={"session_id": "s1"}).status_code == 404
-        assert api.post("/v1/recommend", json={"session_id": "s3"}).status_code == 200
-        text = api.get("/metrics").text
-        assert 'gru4rec_session_evictions_total{reason="lru"} 1.0' in text
-        assert "gru4rec_sessions 2.0" in text
+async def _clicks_at_once(recommenders: list[Recommender], bundle, session_id: str, items: list[str]) -> None:
+    """Every click sent at once, spread over the recommenders (as over processes)."""
+    await asyncio.gather(*(
+        recommenders[j % len(recommenders)].click(bundle, session_id, item, Filters(k=5)) for j, item in enumerate(items)
+    ))
+
+
+def test_concurrent_clicks_of_one_session_are_applied_one_after_the_other(bundle):
+    items = [str(1000 + j % 60) for j in range(40)]
+
+    async def run() -> SessionState:
+        batcher = Batcher(Metrics(), max_batch=16, max_wait_s=0.002)
+        batcher.start()
+        store = MemorySessionStore(60, 100, 10**9)
+        try:
+            await _clicks_at_once([Recommender(store, batcher, Metrics(), 100, 100, 200)], bundle, "x", items)
+            return (await store.read("x")).state
+        finally:
+            batcher.close()
+
+    final = asyncio.run(run())
+    assert final.n_clicks == 40 and sorted(final.clicks) == sorted(items)
+    replay = bundle.advance(np.zeros((1, bundle.state_size), np.float32), [list(final.indices)])[0]
+    np.testing.assert_allclose(final.hidden, replay, rtol=1e-5, atol=1e-6)  # the state of the clicks, in that order
 
 
 # -- Redis store -----------------------------------------------------------------------------------------
@@ -115,51 +125,63 @@ def redis_prefix():
     r.close()
 
 
-def test_redis_store_roundtrip_and_ttl(redis_prefix):
-    store = RedisSessionStore(REDIS_URL, ttl_s=0.4, prefix=redis_prefix)
-    store.check()
+def test_record_roundtrip():
     original = state(n=3)
     original.clicks = ("ü-ñ", "12", 'quote"s')
     original.indices = (-1, 5, 7)
-    store.update("a", lambda cur: original)
-    back = store.get("a")
+    back = decode(encode(original))
     assert back.model_version == "v1" and back.clicks == original.clicks and back.indices == (-1, 5, 7)
-    assert back.n_clicks == 3 and back.n_known == 3
+    assert back.n_clicks == 3 and back.n_known == 3 and back.hidden.dtype == np.float32
     np.testing.assert_array_equal(back.hidden, original.hidden)
-    assert back.hidden.dtype == np.float32
-    assert store.size() == 1
-    time.sleep(0.6)
-    assert store.get("a") is None
-    assert store.size() == 0
-    store.update("b", lambda cur: state())
-    assert store.delete("b") is True and store.delete("b") is False
-    store.close()
+    for damaged in (b"", b"G4S2", encode(original)[:-3], b"x" * 200, encode(original).replace(b"12", b"\xff\xfe")):
+        with pytest.raises(ValueError):
+            decode(damaged)
 
 
-def test_redis_store_concurrent_updates_are_not_lost(redis_prefix):
-    stores = [RedisSessionStore(REDIS_URL, ttl_s=30, prefix=redis_prefix) for _ in range(3)]
+def test_redis_store_roundtrip_ttl_and_conditional_write(redis_prefix):
+    async def run() -> None:
+        store = RedisSessionStore(REDIS_URL, ttl_s=0.4, prefix=redis_prefix)
+        other = RedisSessionStore(REDIS_URL, ttl_s=0.4, prefix=redis_prefix)  # another process
+        await store.check()
+        assert await store.write("a", state(n=3), MISSING) is None
+        entry = await other.read("a")
+        assert entry.state.n_clicks == 3 and entry.state.clicks == ("i0", "i1", "i2")
+        assert await other.write("a", state(n=4), entry) is None
+        conflict = await store.write("a", state(n=5), await store.read("a"))  # store's memory of "a" is stale
+        assert conflict is not None and conflict.state.n_clicks == 4  # refused, with the current record
+        assert await store.write("a", state(n=5), conflict) is None
+        assert (await other.read("a", touch=True)).state.n_clicks == 5
+        assert await store.size() == 1
+        await asyncio.sleep(0.6)
+        assert (await other.read("a", touch=True)) == MISSING
+        assert await store.size() == 0
+        await store.write("b", state(), MISSING)
+        assert await store.delete("b") is True and await store.delete("b") is False
+        await store.close()
+        await other.close()
 
-    def bump(cur: SessionState | None) -> SessionState:
-        return state(n=(0 if cur is None else cur.n_clicks) + 1)
+    asyncio.run(run())
 
-    errors: list[BaseException] = []
 
-    def click_20(store: RedisSessionStore) -> None:
+def test_concurrent_clicks_through_several_redis_stores_are_not_lost(redis_prefix, bundle):
+    items = [str(1000 + j % 60) for j in range(30)]
+
+    async def run() -> SessionState:
+        batcher = Batcher(Metrics(), max_batch=16, max_wait_s=0.001)
+        batcher.start()
+        stores = [RedisSessionStore(REDIS_URL, 30, redis_prefix) for _ in range(3)]
         try:
-            for _ in range(20):
-                store.update("x", bump)
-        except BaseException as exc:  # reported below instead of dying silently in the thread
-            errors.append(exc)
+            await _clicks_at_once([Recommender(s, batcher, Metrics(), 100, 100, 200) for s in stores], bundle, "x", items)
+            return (await stores[0].read("x", touch=True)).state
+        finally:
+            batcher.close()
+            for s in stores:
+                await s.close()
 
-    threads = [threading.Thread(target=click_20, args=(s,)) for s in stores]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
-    assert stores[0].get("x").n_clicks == 60
-    for s in stores:
-        s.close()
+    final = asyncio.run(run())
+    assert final.n_clicks == 30 and sorted(final.clicks) == sorted(items)
+    replay = bundle.advance(np.zeros((1, bundle.state_size), np.float32), [list(final.indices)])[0]
+    np.testing.assert_allclose(final.hidden, replay, rtol=1e-5, atol=1e-6)
 
 
 def test_two_apps_share_sessions_through_redis(redis_prefix):
@@ -188,11 +210,25 @@ def test_redis_session_ttl_through_the_app(redis_prefix):
 
 
 def test_unreachable_redis_fails_start_up_loudly():
-    from service.sessions import SessionStoreError
+    from service.redis_store import check_reachable
     from service.settings import Settings
 
     with pytest.raises(SessionStoreError, match="cannot reach Redis"):
-        make_store(Settings(redis_url="redis://127.0.0.1:1/0"))
+        check_reachable("redis://127.0.0.1:1/0")
+    store = make_store(Settings(redis_url="redis://127.0.0.1:1/0"))
+    with pytest.raises(SessionStoreError, match="cannot reach Redis"):
+        asyncio.run(store.check())
+
+
+def test_redis_outage_is_503_for_stateful_requests_only(redis_prefix):
+    with client(model_a(), redis_url=REDIS_URL, redis_prefix=redis_prefix) as api:
+        store = api.app.state.store
+        store._client.connection_pool.connection_kwargs.update(port=1)  # where no Redis listens
+        store._client.connection_pool.reset()
+        r = api.post("/v1/sessions/o-1/events", json={"item_id": "1001"})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1" and "Redis" in r.json()["detail"]
+        assert api.post("/v1/recommend", json={"items": ["1001"]}).status_code == 200
+        assert api.get("/readyz").status_code == 503
 
 
 # -- model version change ----------------------------------------------------------------------------------
@@ -238,6 +274,38 @@ def test_long_sessions_keep_only_recent_clicks_but_exact_state():
         # exclude_seen covers the remembered clicks
         r = api.post("/v1/sessions/long/events", json={"item_id": "1001", "k": 57, "exclude_seen": True})
         assert not {"1001", history[-1], history[-2]} & set(top_ids(r))
-        store = api.app.state.store
-        assert store.get("long").clicks == (history[-2], history[-1], "1001")
-        assert store.get("long").n_clicks == len(history) + 1
+        stored = api.app.state.store.get("long")
+        assert stored.clicks == (history[-2], history[-1], "1001")
+        assert stored.n_clicks == len(history) + 1
+
+
+def test_app_evicts_least_recent_sessions():
+    with client(model_a(), max_sessions=2) as api:
+        for sid in ("s1", "s2", "s3"):
+            assert api.post(f"/v1/sessions/{sid}/events", json={"item_id": "1001"}).status_code == 200
+        assert api.post("/v1/recommend", json={"session_id": "s1"}).status_code == 404
+        assert api.post("/v1/recommend", json={"session_id": "s3"}).status_code == 200
+        text = api.get("/metrics").text
+        assert 'gru4rec_session_evictions_total{reason="lru"} 1.0' in text
+        assert "gru4rec_sessions 2.0" in text
+
+
+def test_a_click_on_a_session_this_process_wrote_last_is_one_redis_round_trip(redis_prefix, monkeypatch):
+    """The usual click (the session's previous click came to this process) costs one command to Redis:
+    the compare-and-set script, with no read before it."""
+    import redis.asyncio
+
+    commands = []
+    execute = redis.asyncio.Redis.execute_command
+
+    async def counting(self, *args, **options):
+        commands.append(args[0])
+        return await execute(self, *args, **options)
+
+    monkeypatch.setattr(redis.asyncio.Redis, "execute_command", counting)
+    with client(model_a(), redis_url=REDIS_URL, redis_prefix=redis_prefix) as api:
+        assert api.post("/v1/sessions/rt-1/events", json={"item_id": "1010"}).status_code == 200
+        commands.clear()
+        for item in ("1011", "1012", "1013", "1014"):
+            assert api.post("/v1/sessions/rt-1/events", json={"item_id": item, "k": 5}).status_code == 200
+        assert commands == ["EVALSHA"] * 4, commands

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from gru4rec.training.losses import bpr, bpr_max, cross_entropy, make_loss, top1, top1_max
+from gru4rec.training.losses import OutputLoss, bpr, bpr_max, cross_entropy, make_loss, top1, top1_max
 
 EPS = 1e-24
 
@@ -218,3 +218,59 @@ def test_gradients_flow_only_where_expected():
     bpr_max(O, 0.5, 1.0).backward()
     assert torch.isfinite(O.grad).all()
     assert (torch.diagonal(O.grad) < 0).all()
+
+
+# ---- the closed forms the hand-written steps use: same value and gradient as autograd ----
+CLOSED = [
+    OutputLoss("cross-entropy", logq=0.8),
+    OutputLoss("cross-entropy", logq=0.0),
+    OutputLoss("bpr-max", elu_param=0.5, bpreg=1.95),
+    OutputLoss("bpr-max", elu_param=0.0, bpreg=0.7),
+]
+
+
+def autograd_reference(loss: OutputLoss, O: torch.Tensor, log_q: torch.Tensor, scale: float):
+    leaf = O.clone().requires_grad_(True)
+    value = make_loss(loss.name, logq=loss.logq, elu_param=loss.elu_param, bpreg=loss.bpreg)(leaf, log_q) * scale
+    value.backward()
+    return value.detach(), leaf.grad
+
+
+@pytest.mark.parametrize("loss", CLOSED, ids=["xe-logq", "xe", "bprmax-elu", "bprmax"])
+@pytest.mark.parametrize("B,C", [(1, 2), (4, 9), (32, 300)])
+def test_closed_forms_match_autograd(loss, B, C):
+    gen = torch.Generator().manual_seed(B * C)
+    O, log_q = torch.randn(B, C, generator=gen, dtype=torch.float64) * 2, torch.randn(C, generator=gen, dtype=torch.float64)
+    want_value, want_grad = autograd_reference(loss, O, log_q, 0.25)
+    value, grad = loss.grad(O, log_q, 0.25)
+    assert value.item() == pytest.approx(want_value.item(), rel=1e-10)
+    assert torch.allclose(grad, want_grad, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("loss", CLOSED, ids=["xe-logq", "xe", "bprmax-elu", "bprmax"])
+def test_closed_forms_leave_out_rows_and_columns_exactly(loss):
+    """A fixed-shape step's finished slots: leaving row/column k out equals deleting them from O."""
+    gen = torch.Generator().manual_seed(5)
+    B, S = 6, 4
+    O, log_q = torch.randn(B, B + S, generator=gen, dtype=torch.float64), torch.randn(B + S, generator=gen, dtype=torch.float64)
+    O[1, :], O[:, 4] = float("nan"), 1e6  # what a finished slot holds must not leak into the others
+    rows = torch.tensor([True, False, True, True, False, True])
+    cols = torch.cat([rows, torch.ones(S, dtype=torch.bool)])
+    value, grad = loss.grad(O, log_q, 0.5, rows=rows, cols=cols)
+    keep = rows.nonzero().squeeze(1)
+    keep_cols = cols.nonzero().squeeze(1)
+    want_value, want_grad = autograd_reference(loss, O[keep][:, keep_cols], log_q[keep_cols], 0.5)
+    assert value.item() == pytest.approx(want_value.item(), rel=1e-10)
+    assert torch.allclose(grad[keep][:, keep_cols], want_grad, rtol=1e-9, atol=1e-12)
+    assert torch.count_nonzero(grad[~rows]) == 0 and torch.count_nonzero(grad[:, ~cols]) == 0
+
+
+def test_bpr_max_closed_form_survives_a_target_far_above_its_negatives():
+    """The softmax over negatives is stabilised by their own max, not one that includes the target."""
+    O = torch.tensor([[200.0, -1.0, -1.5], [-1.0, 200.0, -2.0]], dtype=torch.float64)
+    value, grad = OutputLoss("bpr-max", elu_param=0.0, bpreg=1.0).grad(O, None, 1.0)
+    assert torch.isfinite(value) and torch.isfinite(grad).all()
+    # sigmoid(200 - o) = 1, so each row's loss is bpreg * sum_j s_j o_j^2 over its own negatives
+    reg = [float((torch.softmax(torch.tensor(neg, dtype=torch.float64), 0) * torch.tensor(neg) ** 2).sum())
+           for neg in ([-1.0, -1.5], [-1.0, -2.0])]
+    assert value.item() == pytest.approx(sum(reg), rel=1e-9)

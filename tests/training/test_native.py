@@ -3,6 +3,8 @@ build cache, and the fallback when they cannot be built."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,8 @@ from gru4rec.training import native
 from gru4rec.training.params import HyperParams
 from gru4rec.data.sessions import Sessions
 from gru4rec.training.fused import FusedStep, TorchOps
-from gru4rec.training.optim import AdagradMomentum
+from gru4rec.training.losses import OutputLoss
+from gru4rec.training.optim import AdagradMomentum, Gradients
 from gru4rec.training.trainer import Trainer
 
 CPU = torch.device("cpu")
@@ -36,40 +39,58 @@ def close(a: torch.Tensor, b: torch.Tensor, tol: float = 2e-5) -> bool:
 def test_distinct_rows(ops):
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 500, (700,), generator=gen)
+    W, b = torch.randn(500, 7, generator=gen), torch.randn(500, generator=gen)
     for impl in (ops, TORCH):
-        rows, inverse, late = impl.distinct(ids, 40)
+        rows, inverse, late, W_rows, b_rows = impl.distinct(ids, 40, W, b)
         assert torch.equal(rows[inverse], ids)  # every id maps to its row
         assert len(set(rows.tolist())) == len(rows) == len(set(ids.tolist()))
         assert set(rows[late].tolist()) == set(ids[40:].tolist())  # rows that occur among the late ids
-    rows, _, _ = ops.distinct(ids, 40)
+        assert torch.equal(W_rows, W[rows]) and torch.equal(b_rows, b[rows])  # the rows' copies
+        assert impl.distinct(ids, 40)[3:] == (None, None)
+    rows, _, _, _, _ = ops.distinct(ids, 40)
     first = [int(i) for i in dict.fromkeys(ids.tolist())]
     assert rows.tolist() == first  # native: order of first appearance
     assert torch.equal(ops.slot, torch.full((500,), -1))  # the slot table is left clean for the next step
 
 
+LOSSES = [
+    OutputLoss("cross-entropy", logq=0.7),
+    OutputLoss("cross-entropy", logq=0.0),
+    OutputLoss("bpr-max", elu_param=0.5, bpreg=1.95),
+    OutputLoss("bpr-max", elu_param=0.0, bpreg=1.0),
+]
+
+
 @pytest.mark.parametrize("B,H,R,C", SHAPES)
-@pytest.mark.parametrize("with_logq", [True, False])
-def test_output_layer_cross_entropy(ops, B, H, R, C, with_logq):
+@pytest.mark.parametrize("loss", LOSSES, ids=["xe-logq", "xe", "bprmax-elu", "bprmax"])
+def test_output_layer_losses(ops, B, H, R, C, loss):
     gen = torch.Generator().manual_seed(B + H)
     x = torch.randn(B, H, generator=gen)
     W_rows, b_rows = torch.randn(R, H, generator=gen) * 0.3, torch.randn(R, generator=gen)
     col_of = torch.randint(0, R, (C,), generator=gen)  # repeated rows, as sampled columns repeat items
-    log_q = torch.randn(C, generator=gen) if with_logq else None
-    got = ops.output_xe(x, W_rows, b_rows, col_of, log_q, 0.7, 1 / B, 1e-24)
-    want = TORCH.output_xe(x, W_rows, b_rows, col_of, log_q, 0.7, 1 / B, 1e-24)
+    log_q = torch.randn(C, generator=gen)
+    got = ops.output_grad(loss, x, W_rows, b_rows, col_of, log_q, 1 / B)
+    want = TORCH.output_grad(loss, x, W_rows, b_rows, col_of, log_q, 1 / B)
     for name, g, w in zip(("loss", "dx", "dW_rows", "db_rows"), got, want):
-        assert close(g, w), name
+        assert close(g, w, 5e-5), name
 
 
-def test_output_layer_extreme_scores_stay_exact_or_propagate(ops):
+def test_losses_without_a_kernel_are_left_to_autograd(ops):
+    x, W = torch.randn(2, 4), torch.randn(3, 4)
+    assert ops.output_grad(OutputLoss("top1-max"), x, W, torch.zeros(3), torch.tensor([0, 1, 2]), None, 0.5) is None
+
+
+@pytest.mark.parametrize("loss", LOSSES[1:3], ids=["xe", "bprmax"])
+def test_output_layer_extreme_scores_stay_exact_or_propagate(ops, loss):
     x, W = torch.full((2, 4), 30.0), torch.full((3, 4), 30.0)  # scores ~3,600: exp must not overflow after the shift
+    W[2] *= -1  # and a negative one far below: BPR-max's sigmoid sees differences of 7,200
     col_of = torch.tensor([0, 1, 2, 2])
-    got = ops.output_xe(x, W, torch.zeros(3), col_of, None, 0.0, 0.5, 1e-24)
-    want = TORCH.output_xe(x, W, torch.zeros(3), col_of, None, 0.0, 0.5, 1e-24)
+    got = ops.output_grad(loss, x, W, torch.zeros(3), col_of, None, 0.5)
+    want = TORCH.output_grad(loss, x, W, torch.zeros(3), col_of, None, 0.5)
     assert all(close(g, w) for g, w in zip(got, want))
     W[1, 0] = float("inf")  # a diverged weight must show as a non-finite loss, never be clamped away
-    loss = ops.output_xe(x, W, torch.zeros(3), col_of, None, 0.0, 0.5, 1e-24)[0]
-    assert not torch.isfinite(loss)
+    value = ops.output_grad(loss, x, W, torch.zeros(3), col_of, None, 0.5)[0]
+    assert not torch.isfinite(value)
 
 
 @pytest.mark.parametrize("B,H", [(32, 100), (3, 7), (80, 224)])
@@ -86,22 +107,6 @@ def test_gru_gates_forward_and_backward(ops, B, H, with_mask):
     dx = torch.randn(B, H, generator=gen)
     for g, w in zip(ops.gru_backward(dx, mask, h, rz, n, gh), TORCH.gru_backward(dx, mask, h, rz, n, gh)):
         assert close(g, w, 1e-5)
-
-
-@pytest.mark.parametrize(
-    "a,b,bias",
-    [
-        (torch.randn(32, 100), torch.randn(300, 100).t(), torch.randn(300)),  # x W^T + b
-        (torch.randn(300, 32).t(), torch.randn(300, 100), None),  # d^T x
-        (torch.randn(32, 300), torch.randn(300, 100), None),  # d W
-        (torch.randn(7, 5), torch.randn(5, 33), torch.randn(33)),
-        (torch.randn(5, 9).t(), torch.randn(3, 5).t(), None),
-        (torch.randn(1, 1), torch.randn(1, 1), None),
-    ],
-)
-def test_matrix_product_any_strides(ops, a, b, bias):
-    want = a @ b if bias is None else torch.addmm(bias, a, b)
-    assert close(ops.mm(a, b, bias), want)
 
 
 @pytest.mark.parametrize("momentum", [0.0, 0.4])
@@ -136,7 +141,8 @@ def test_kernels_refuse_tensors_they_would_misread(ops):
     with pytest.raises(ValueError, match="contiguous"):
         ops.gru_forward(torch.randn(4, 9).t().contiguous().t(), torch.randn(3, 12), torch.randn(3, 4), None)
     with pytest.raises(ValueError, match="float32"):
-        ops.mm(torch.randn(2, 2, dtype=torch.float64), torch.randn(2, 2))
+        ops.output_grad(LOSSES[1], torch.randn(2, 2), torch.randn(3, 2), torch.zeros(3, dtype=torch.float64),
+                        torch.tensor([0, 1, 2]), None, 0.5)
 
 
 def cyclic_sessions(n_items: int, n_sessions: int, seed: int) -> Sessions:
@@ -227,11 +233,60 @@ def test_out_of_range_indices_raise_instead_of_corrupting_memory(ops):
         ops.distinct(torch.tensor([3, 500]), 1)
     assert torch.equal(ops.slot, torch.full((500,), -1))
     x, W = torch.randn(2, 4), torch.randn(3, 4)
-    with pytest.raises(IndexError):
-        ops.output_xe(x, W, torch.zeros(3), torch.tensor([0, 1, 3]), None, 0.0, 0.5, 1e-24)
-    with pytest.raises(IndexError):
-        ops.output_xe(x, W, torch.zeros(3), torch.tensor([0]), None, 0.0, 0.5, 1e-24)  # fewer columns than rows
+    for loss in LOSSES[1:3]:
+        with pytest.raises(IndexError):
+            ops.output_grad(loss, x, W, torch.zeros(3), torch.tensor([0, 1, 3]), None, 0.5)
+        with pytest.raises(IndexError):
+            ops.output_grad(loss, x, W, torch.zeros(3), torch.tensor([0]), None, 0.5)  # fewer columns than rows
+    # scratch smaller than the kernel needs: refused before anything is written
+    OT, col_of, dOT, db = torch.randn(3, 2), torch.tensor([0, 1, 2]), torch.zeros(3, 2), torch.zeros(3)
+    small = torch.zeros(ops.lib.g4r_work_floats(1, 2, 3) - 1)
+    for fn, args in ((ops.lib.g4r_xe_grad, (None, 2, 3, 3, 0.0, 0.5, 1e-24)),
+                     (ops.lib.g4r_bprmax_grad, (2, 3, 3, 0.5, 1.0, 0.5, 1e-24))):
+        n_small = ops.lib.g4r_work_floats(int(fn is ops.lib.g4r_bprmax_grad), 2, 3) - 1
+        value = fn(OT.data_ptr(), db.data_ptr(), col_of.data_ptr(), *args, small.data_ptr(), n_small, dOT.data_ptr(), db.data_ptr())
+        assert value == -math.inf
+    assert torch.equal(dOT, torch.zeros(3, 2))
     p = torch.zeros(4, 2)
     with pytest.raises(IndexError):
         native.adagrad_rows(p, torch.zeros(4, 2), None, torch.tensor([1, 4]), torch.ones(2, 2), 0.1, 0.0, 1e-6)
     assert torch.equal(p, torch.zeros(4, 2))  # nothing was updated
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.4])
+def test_output_rows_update_is_the_optimiser_update(momentum):
+    """One pass for the shared-mode item rows: W rows get dW plus the inputs' gradients (inputs
+    repeat), bias rows only where they are score columns; the same as AdagradMomentum on Gradients."""
+    gen = torch.Generator().manual_seed(8)
+    W, b = torch.randn(30, 6, generator=gen), torch.randn(30, 1, generator=gen)
+    rows = torch.tensor([4, 0, 17, 29, 8])
+    dW, db = torch.randn(5, 6, generator=gen), torch.randn(5, generator=gen)
+    is_column = torch.tensor([1, 0, 1, 1, 0], dtype=torch.uint8)
+    in_row, dx = torch.tensor([1, 4, 1]), torch.randn(3, 6, generator=gen)
+    want_W, want_b = W.clone(), b.clone()
+    reference = AdagradMomentum([want_W, want_b], lr=0.1, momentum=momentum)
+    for _ in range(2):  # twice: the second update starts from non-zero state
+        g = dW.clone().index_add_(0, in_row, dx)
+        keep = is_column.bool()
+        reference.apply(Gradients(sparse=[(want_W, rows, g), (want_b, rows[keep], db[keep].unsqueeze(1))], unique=True))
+    opt = AdagradMomentum([W, b], lr=0.1, momentum=momentum)
+    for _ in range(2):
+        native.output_rows_update(opt, W, b, rows, dW.clone(), db, is_column, in_row, dx)
+    assert close(W, want_W, 1e-6) and close(b, want_b, 1e-6)
+    assert torch.equal(b[[0, 8]], want_b[[0, 8]])  # input-only items' biases untouched
+    for key in opt.state[W]:
+        assert close(opt.state[W][key], reference.state[want_W][key], 1e-6)
+
+
+def test_output_rows_update_refuses_bad_rows():
+    W, b = torch.zeros(4, 2), torch.zeros(4, 1)
+    opt = AdagradMomentum([W, b], lr=0.1)
+    args = (torch.ones(2, 2), torch.ones(2), torch.ones(2, dtype=torch.uint8))
+    with pytest.raises(IndexError):
+        native.output_rows_update(opt, W, b, torch.tensor([1, 4]), *args, torch.tensor([0]), torch.ones(1, 2))
+    with pytest.raises(IndexError):
+        native.output_rows_update(opt, W, b, torch.tensor([1, 2]), *args, torch.tensor([2]), torch.ones(1, 2))
+    with pytest.raises(ValueError):
+        native.output_rows_update(opt, W, b, torch.tensor([1, 2]), torch.ones(3, 2), *args[1:], torch.tensor([0]),
+                                  torch.ones(1, 2))
+    assert torch.equal(W, torch.zeros(4, 2)) and torch.equal(b, torch.zeros(4, 1))

@@ -1,10 +1,16 @@
-/* CPU kernels for the fused GRU4Rec training step (gru4rec/fused.py).
+/* CPU kernels for the fused GRU4Rec training step (gru4rec/training/fused.py).
  *
- * Each function does in one pass over memory what the portable PyTorch code in fused.py and
- * optim.py does with several tensor ops; the PyTorch code is the specification and the tests
- * compare the two. Plain C99 with no Python or PyTorch headers: the module is compiled on first
- * use in well under a second and called through ctypes with raw pointers. All matrices are dense,
- * row-major, float32; indices are int64.
+ * Each function does in one pass over memory what the portable PyTorch code (fused.TorchOps,
+ * losses.*_grad, optim.AdagradMomentum) does with several tensor ops; the PyTorch code is the
+ * specification and the tests compare the two. The matrix products are NOT here: PyTorch's own
+ * (MKL / oneDNN) run them at 2-3x the speed of a portable C loop nest on AVX2 processors, where a
+ * register-blocked kernel sized for AVX-512 spills (measured; see docs/results.md).
+ *
+ * Plain C99 with no Python or PyTorch headers: the module is compiled on first use in well under a
+ * second and called through ctypes with raw pointers. All matrices are dense, row-major, float32;
+ * indices are int64. Every function that indexes memory with caller data checks the indices first
+ * and reports a bad one instead of touching memory. Inner loops carry `omp simd` so that they
+ * vectorise (compiled with -fopenmp-simd: no OpenMP runtime).
  */
 #include <math.h>
 #include <stdint.h>
@@ -48,9 +54,12 @@ static inline float tanh_f32(float x) {
  * rows; returns m, or -1 (nothing written) when an id is outside [0, n_slots). `slot` has one
  * entry per item, all -1 on entry and again on return.
  * is_late[j] = 1 when row j occurs at some position >= first_late (the score columns, when the
- * first ids are a mini-batch's inputs). */
+ * first ids are a mini-batch's inputs). When W is given, also copies the distinct rows of W
+ * (n_slots x D) and of b (n_slots) to W_rows (m x D) and b_rows (m). */
 int64_t g4r_distinct(const int64_t *restrict ids, int64_t n, int64_t first_late, int64_t *restrict slot,
-                     int64_t n_slots, int64_t *restrict rows, int64_t *restrict inverse, uint8_t *restrict is_late) {
+                     int64_t n_slots, int64_t *restrict rows, int64_t *restrict inverse, uint8_t *restrict is_late,
+                     const float *restrict W, const float *restrict b, int64_t D, float *restrict W_rows,
+                     float *restrict b_rows) {
     for (int64_t i = 0; i < n; ++i)
         if (ids[i] < 0 || ids[i] >= n_slots) return -1;
     int64_t m = 0;
@@ -66,7 +75,13 @@ int64_t g4r_distinct(const int64_t *restrict ids, int64_t n, int64_t first_late,
         inverse[i] = s;
         if (i >= first_late) is_late[s] = 1;
     }
-    for (int64_t j = 0; j < m; ++j) slot[rows[j]] = -1;
+    for (int64_t j = 0; j < m; ++j) {
+        slot[rows[j]] = -1;
+        if (W) {
+            memcpy(W_rows + j * D, W + rows[j] * D, sizeof(float) * (size_t)D);
+            b_rows[j] = b[rows[j]];
+        }
+    }
     return m;
 }
 
@@ -78,106 +93,98 @@ void g4r_gru_forward(const float *restrict gi, const float *restrict gh, const f
                      float *restrict out) {
     for (int64_t b = 0; b < B; ++b) {
         const float *gib = gi + b * 3 * H, *ghb = gh + b * 3 * H, *hb = h + b * H;
+        const float *mb = mask ? mask + b * H : NULL;
         float *rzb = rz + b * 2 * H, *nb = n_out + b * H, *ob = out + b * H;
+#pragma omp simd
         for (int64_t j = 0; j < 2 * H; ++j) rzb[j] = sigmoid_f32(gib[j] + ghb[j]);
+#pragma omp simd
         for (int64_t j = 0; j < H; ++j) {
             float n = tanh_f32(gib[2 * H + j] + rzb[j] * ghb[2 * H + j]);
             nb[j] = n;
             ob[j] = n + rzb[H + j] * (hb[j] - n);
         }
-        if (mask) {
-            const float *mb = mask + b * H;
+        if (mb) {
+#pragma omp simd
             for (int64_t j = 0; j < H; ++j) ob[j] *= mb[j];
         }
     }
 }
 
-/* ---- a small matrix product, enough for one GRU4Rec step's products ----
- * C[M x N] (+)= A[M x K] B[K x N] (+ bias[j] on column j), every matrix given by its two strides,
- * so transposed views need no copies. MR x NR blocks of C stay in registers (16 AVX-512 or 32 AVX2
- * registers' worth) while k runs over a K x NR panel of B; a panel is read in place when B's rows
- * are contiguous and otherwise copied (zero-padded to NR for the last, narrower one). */
-#define MR 8
-#define NR 32
-
-static void block(int64_t mr, int64_t nr, int64_t K, const float *const *a, int64_t sak, const float *restrict B,
-                  int64_t ldb, float *restrict C, int64_t sci, int64_t scj, const float *restrict bias,
-                  int accumulate) {
-    float acc[MR][NR];
-    memset(acc, 0, sizeof acc);
-    for (int64_t k = 0; k < K; ++k) {
-        const float *restrict b = B + k * ldb;
-        for (int ii = 0; ii < MR; ++ii) {
-            float v = a[ii][k * sak];
+/* One GRU cell, backward, from dx = d loss / d out (B x H) and what the forward pass kept.
+ * gh_n is the n block of gh (row stride 3H). Writes dgi, dgh (B x 3H) and their column sums
+ * dbi, dbh (3H), which are the bias gradients. */
+void g4r_gru_backward(const float *restrict dx, const float *restrict mask, const float *restrict h,
+                      const float *restrict rz, const float *restrict n_in, const float *restrict gh, int64_t B,
+                      int64_t H, float *restrict dgi, float *restrict dgh, float *restrict dbi, float *restrict dbh) {
+    memset(dbi, 0, sizeof(float) * (size_t)(3 * H));
+    memset(dbh, 0, sizeof(float) * (size_t)(3 * H));
+    for (int64_t b = 0; b < B; ++b) {
+        const float *dxb = dx + b * H, *hb = h + b * H, *rb = rz + b * 2 * H, *zb = rb + H;
+        const float *nb = n_in + b * H, *ghn = gh + b * 3 * H + 2 * H;
+        const float *mb = mask ? mask + b * H : NULL;
+        float *dgib = dgi + b * 3 * H, *dghb = dgh + b * 3 * H;
 #pragma omp simd
-            for (int jj = 0; jj < NR; ++jj) acc[ii][jj] += v * b[jj];
+        for (int64_t j = 0; j < H; ++j) {
+            float d = mb ? dxb[j] * mb[j] : dxb[j];
+            float r = rb[j], z = zb[j], n = nb[j];
+            float dpre_n = d * (1.0f - z) * (1.0f - n * n);
+            float dr = dpre_n * ghn[j] * r * (1.0f - r);
+            float dz = d * (hb[j] - n) * z * (1.0f - z);
+            dgib[j] = dr;
+            dgib[H + j] = dz;
+            dgib[2 * H + j] = dpre_n;
+            dghb[j] = dr;
+            dghb[H + j] = dz;
+            dghb[2 * H + j] = dpre_n * r;
         }
-    }
-    for (int64_t ii = 0; ii < mr; ++ii) {
-        float *restrict c = C + ii * sci;
-        for (int64_t jj = 0; jj < nr; ++jj) {
-            float v = acc[ii][jj] + (bias ? bias[jj] : 0.0f);
-            c[jj * scj] = accumulate ? c[jj * scj] + v : v;
+#pragma omp simd
+        for (int64_t j = 0; j < 3 * H; ++j) {
+            dbi[j] += dgib[j];
+            dbh[j] += dghb[j];
         }
     }
 }
 
-static void gemm(int64_t M, int64_t N, int64_t K, const float *A, int64_t sai, int64_t sak, const float *B,
-                 int64_t sbk, int64_t sbj, float *C, int64_t sci, int64_t scj, const float *bias, int accumulate) {
-    float *panel = NULL;
-    for (int64_t j = 0; j < N; j += NR) {
-        int64_t nr = N - j < NR ? N - j : NR;
-        const float *Bj = B + j * sbj;
-        int64_t ldb = sbk;
-        if (nr < NR || sbj != 1) {
-            if (!panel) panel = calloc((size_t)(K * NR), sizeof(float));
-            for (int64_t k = 0; k < K; ++k) {
-                for (int64_t jj = 0; jj < nr; ++jj) panel[k * NR + jj] = Bj[k * sbk + jj * sbj];
-                for (int64_t jj = nr; jj < NR; ++jj) panel[k * NR + jj] = 0.0f;
-            }
-            ldb = NR;
-            Bj = panel;
-        }
-        for (int64_t i = 0; i < M; i += MR) {
-            int64_t mr = M - i < MR ? M - i : MR;
-            const float *a[MR];
-            for (int ii = 0; ii < MR; ++ii) a[ii] = A + (i + (ii < mr ? ii : mr - 1)) * sai;
-            block(mr, nr, K, a, sak, Bj, ldb, C + i * sci + j * scj, sci, scj, bias ? bias + j : NULL, accumulate);
-        }
-    }
-    free(panel);
-}
+/* ---- the output layer's losses, from the scores of the distinct item rows ----
+ * OT: R x B, OT[r, i] = x_i . W_rows[r] (without bias) for batch row i and distinct item row r.
+ * Column c of the B x C score matrix is item row col_of[c]: O[i, c] = OT[col_of[c], i] + b_rows[col_of[c]];
+ * the target of batch row i is column i. Both kernels write dOT (R x B): d loss / d OT, summed
+ * over the columns that share an item row, and db_rows (R), its sums over the batch, and return
+ * the loss times `scale`. `work` is caller-owned scratch of n_work floats (see *_WORK below: a
+ * buffer kept between steps costs nothing, while a fresh malloc of this size is returned to the
+ * system on free and page-faults in again every step). They return -inf (nothing computed) when
+ * C < B, a col_of entry is outside [0, R) or the scratch is too small. Scores are kept transposed
+ * (one row of B values per column) so that gathers and scatters move B contiguous floats at a time. */
+#define XE_WORK(B, C) ((C) * (B) + 4 * (B))
+#define BPRMAX_WORK(B, C) (2 * (C) * (B) + 8 * (B))
 
-/* C (+)= A B (+ bias), for the GRU layers' products; see gemm. */
-void g4r_mm(int64_t M, int64_t N, int64_t K, const float *A, int64_t sai, int64_t sak, const float *B, int64_t sbk,
-            int64_t sbj, float *C, int64_t sci, int64_t scj, const float *bias, int accumulate) {
-    gemm(M, N, K, A, sai, sak, B, sbk, sbj, C, sci, scj, bias, accumulate);
-}
+int64_t g4r_work_floats(int64_t bprmax, int64_t B, int64_t C) { return bprmax ? BPRMAX_WORK(B, C) : XE_WORK(B, C); }
 
-/* The output layer with cross-entropy loss, forward and backward, for one mini-batch.
- *
- * x: B x H (last layer's output); W_rows: R x H and b_rows: R (the distinct item rows of the step);
- * column c of the B x C score matrix is item row col_of[c], so O[i, c] = x_i . W_rows[col_of[c]] +
- * b_rows[col_of[c]], corrected by -logq * log_q[c] when log_q is given; the target of batch row i
- * is column i. Loss: scale * sum_i -log(softmax(O_i)_i + eps), returned. Writes dx (B x H),
- * dW_rows (R x H) and db_rows (R): the gradients, summed over the columns that share a row.
- *
- * Returns -inf (nothing computed) when a col_of entry is outside [0, R) or C < B.
- *
- * Scores are kept transposed (one row of B values per item row) so that the columns' gathers and
- * the gradient's scatter-add move B contiguous floats at a time. */
-double g4r_output_xe(const float *restrict x, const float *restrict W_rows, const float *restrict b_rows,
-                     const int64_t *restrict col_of, const float *restrict log_q, int64_t B, int64_t H, int64_t R,
-                     int64_t C, float logq, float scale, float eps, float *restrict dx, float *restrict dW_rows,
-                     float *restrict db_rows) {
-    if (C < B) return -INFINITY;
+static int bad_columns(const int64_t *col_of, int64_t B, int64_t R, int64_t C, int64_t n_work, int64_t need) {
+    if (C < B || n_work < need) return 1;
     for (int64_t c = 0; c < C; ++c)
-        if (col_of[c] < 0 || col_of[c] >= R) return -INFINITY;
-    float *OT = malloc(sizeof(float) * (size_t)(R * B));  /* scores, then their gradient */
-    float *E = malloc(sizeof(float) * (size_t)(C * B));   /* corrected scores, then exp */
-    float *mx = malloc(sizeof(float) * (size_t)B), *sum = malloc(sizeof(float) * (size_t)B);
-    float *factor = malloc(sizeof(float) * (size_t)B), *weight = malloc(sizeof(float) * (size_t)B);
-    gemm(R, B, H, W_rows, H, 1, x, 1, H, OT, B, 1, NULL, 0); /* OT = W_rows x^T */
+        if (col_of[c] < 0 || col_of[c] >= R) return 1;
+    return 0;
+}
+
+/* db_rows[r] = sum_i dOT[r, i] */
+static void row_sums(const float *restrict dOT, int64_t R, int64_t B, float *restrict db_rows) {
+    for (int64_t r = 0; r < R; ++r) {
+        float acc = 0.0f;
+        const float *d = dOT + r * B;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t i = 0; i < B; ++i) acc += d[i];
+        db_rows[r] = acc;
+    }
+}
+
+/* Cross-entropy: O <- O - logq * log_q[c] when log_q is given; loss = sum_i -log(softmax(O_i)_i + eps). */
+double g4r_xe_grad(const float *restrict OT, const float *restrict b_rows, const int64_t *restrict col_of,
+                   const float *restrict log_q, int64_t B, int64_t R, int64_t C, float logq, float scale, float eps,
+                   float *restrict work, int64_t n_work, float *restrict dOT, float *restrict db_rows) {
+    if (bad_columns(col_of, B, R, C, n_work, XE_WORK(B, C))) return -INFINITY;
+    float *E = work; /* corrected scores, then exp */
+    float *mx = E + C * B, *sum = mx + B, *factor = sum + B, *weight = factor + B;
     for (int64_t i = 0; i < B; ++i) mx[i] = -INFINITY, sum[i] = 0.0f;
     for (int64_t c = 0; c < C; ++c) {
         int64_t r = col_of[c];
@@ -206,58 +213,91 @@ double g4r_output_xe(const float *restrict x, const float *restrict W_rows, cons
         factor[i] = weight[i] / sum[i];
     }
     /* d loss / d O[i, c] = weight_i * (softmax_ic - [c == i]), summed into the column's item row */
-    memset(OT, 0, sizeof(float) * (size_t)(R * B));
+    memset(dOT, 0, sizeof(float) * (size_t)(R * B));
     for (int64_t c = 0; c < C; ++c) {
-        float *d = OT + col_of[c] * B;
+        float *d = dOT + col_of[c] * B;
         const float *e = E + c * B;
 #pragma omp simd
         for (int64_t i = 0; i < B; ++i) d[i] += e[i] * factor[i];
     }
-    for (int64_t i = 0; i < B; ++i) OT[col_of[i] * B + i] -= weight[i];
-    for (int64_t r = 0; r < R; ++r) {
-        float acc = 0.0f;
-        const float *d = OT + r * B;
-#pragma omp simd reduction(+ : acc)
-        for (int64_t i = 0; i < B; ++i) acc += d[i];
-        db_rows[r] = acc;
-    }
-    gemm(B, H, R, OT, 1, B, W_rows, H, 1, dx, H, 1, NULL, 0);     /* dx = dO W_rows */
-    gemm(R, H, B, OT, B, 1, x, H, 1, dW_rows, H, 1, NULL, 0);     /* dW_rows = dO^T x */
-    free(OT), free(E), free(mx), free(sum), free(factor), free(weight);
+    for (int64_t i = 0; i < B; ++i) dOT[col_of[i] * B + i] -= weight[i];
+    row_sums(dOT, R, B, db_rows);
     return loss * scale;
 }
 
-/* One GRU cell, backward, from dx = d loss / d out (B x H) and what the forward pass kept.
- * gh_n is the n block of gh (row stride 3H). Writes dgi, dgh (B x 3H) and their column sums
- * dbi, dbh (3H), which are the bias gradients. */
-void g4r_gru_backward(const float *restrict dx, const float *restrict mask, const float *restrict h,
-                      const float *restrict rz, const float *restrict n_in, const float *restrict gh, int64_t B,
-                      int64_t H, float *restrict dgi, float *restrict dgh, float *restrict dbi, float *restrict dbh) {
-    memset(dbi, 0, sizeof(float) * (size_t)(3 * H));
-    memset(dbh, 0, sizeof(float) * (size_t)(3 * H));
-    for (int64_t b = 0; b < B; ++b) {
-        const float *dxb = dx + b * H, *hb = h + b * H, *rb = rz + b * 2 * H, *zb = rb + H;
-        const float *nb = n_in + b * H, *ghn = gh + b * 3 * H + 2 * H;
-        const float *mb = mask ? mask + b * H : NULL;
-        float *dgib = dgi + b * 3 * H, *dghb = dgh + b * 3 * H;
-        for (int64_t j = 0; j < H; ++j) {
-            float d = mb ? dxb[j] * mb[j] : dxb[j];
-            float r = rb[j], z = zb[j], n = nb[j];
-            float dpre_n = d * (1.0f - z) * (1.0f - n * n);
-            float dr = dpre_n * ghn[j] * r * (1.0f - r);
-            float dz = d * (hb[j] - n) * z * (1.0f - z);
-            dgib[j] = dr;
-            dgib[H + j] = dz;
-            dgib[2 * H + j] = dpre_n;
-            dghb[j] = dr;
-            dghb[H + j] = dz;
-            dghb[2 * H + j] = dpre_n * r;
-        }
-        for (int64_t j = 0; j < 3 * H; ++j) {
-            dbi[j] += dgib[j];
-            dbh[j] += dghb[j];
+/* BPR-max, in closed form. X = ELU(O, elu) (X = O when elu == 0); s_ij = softmax of X_i over the
+ * negatives j != i (s_ii = 0); sg_ij = sigmoid(X_ii - X_ij); per row
+ *   rank_i = sum_j s_ij sg_ij,  reg_i = sum_j s_ij X_ij^2,  loss_i = -log(rank_i + eps) + bpreg reg_i,
+ * and, with w_i = 1 / (rank_i + eps), the gradient before the ELU's derivative is
+ *   j != i:  s_ij * (-w_i (sg_ij - rank_i - sg_ij (1 - sg_ij)) + bpreg (X_ij^2 - reg_i + 2 X_ij))
+ *   j == i:  -w_i sum_j s_ij sg_ij (1 - sg_ij).
+ * The max m_i that stabilises the softmax is taken over the negatives only, so a target score far
+ * above them cannot underflow every weight. The sigmoid reuses the softmax's exponential:
+ * exp(X_ij - X_ii) = P_ij K_i with P_ij = exp(X_ij - m_i) and K_i = exp(m_i - X_ii); where K_i
+ * overflows, sg is 0 for every column that carries weight, as it should be. */
+static inline float sg_of(float p, float k) { return 1.0f / (1.0f + p * k); }
+
+double g4r_bprmax_grad(const float *restrict OT, const float *restrict b_rows, const int64_t *restrict col_of,
+                       int64_t B, int64_t R, int64_t C, float elu, float bpreg, float scale, float eps,
+                       float *restrict work, int64_t n_work, float *restrict dOT, float *restrict db_rows) {
+    if (bad_columns(col_of, B, R, C, n_work, BPRMAX_WORK(B, C))) return -INFINITY;
+    float *X = work, *P = X + C * B;
+    float *mx = P + C * B, *K = mx + B, *Z = K + B, *A = Z + B, *Q = A + B, *D = Q + B, *w = D + B, *rank = w + B;
+    for (int64_t i = 0; i < B; ++i) mx[i] = -INFINITY, Z[i] = A[i] = Q[i] = D[i] = 0.0f;
+    for (int64_t c = 0; c < C; ++c) {
+        int64_t r = col_of[c];
+        const float *o = OT + r * B;
+        float bias = b_rows[r], *x = X + c * B;
+#pragma omp simd
+        for (int64_t i = 0; i < B; ++i) {
+            float v = o[i] + bias;
+            float e = elu * (exp_f32(v) - 1.0f);
+            x[i] = (elu > 0.0f && v <= 0.0f) ? e : v;
+            float cand = i == c ? -INFINITY : x[i];
+            mx[i] = cand > mx[i] ? cand : mx[i];
         }
     }
+    for (int64_t i = 0; i < B; ++i) K[i] = exp_f32(mx[i] - X[i * B + i]);
+    for (int64_t c = 0; c < C; ++c) {
+        const float *x = X + c * B;
+        float *p = P + c * B;
+#pragma omp simd
+        for (int64_t i = 0; i < B; ++i) {
+            float e = i == c ? 0.0f : exp_f32(x[i] - mx[i]);
+            float s = sg_of(e, K[i]);
+            p[i] = e;
+            Z[i] += e;
+            A[i] += e * s;
+            Q[i] += e * x[i] * x[i];
+            D[i] += e * s * (1.0f - s);
+        }
+    }
+    double loss = 0.0;
+    for (int64_t i = 0; i < B; ++i) {
+        float inv = 1.0f / Z[i];
+        rank[i] = A[i] * inv;
+        float reg = Q[i] * inv;
+        loss += -log((double)(rank[i] + eps)) + (double)bpreg * reg;
+        w[i] = 1.0f / (rank[i] + eps);
+        Q[i] = reg;
+        Z[i] = inv * scale;                /* now: the softmax normaliser times the loss scale */
+        D[i] = -w[i] * D[i] * inv * scale; /* now: the target's gradient before the ELU */
+    }
+    memset(dOT, 0, sizeof(float) * (size_t)(R * B));
+    for (int64_t c = 0; c < C; ++c) {
+        float *d = dOT + col_of[c] * B;
+        const float *x = X + c * B, *p = P + c * B;
+#pragma omp simd
+        for (int64_t i = 0; i < B; ++i) {
+            float s = sg_of(p[i], K[i]), xv = x[i];
+            float g = p[i] * Z[i] * (-w[i] * (s - rank[i] - s * (1.0f - s)) + bpreg * (xv * xv - Q[i] + 2.0f * xv));
+            g = i == c ? D[i] : g;
+            float slope = (elu > 0.0f && xv <= 0.0f) ? xv + elu : 1.0f; /* ELU'(O) from its output */
+            d[i] += g * slope;
+        }
+    }
+    row_sums(dOT, R, B, db_rows);
+    return loss * scale;
 }
 
 /* Adagrad with momentum on rows rows[0..n) (no repeats) of w (row length D):
@@ -290,6 +330,45 @@ int64_t g4r_adagrad_rows(float *restrict w, float *restrict acc, float *restrict
                 wr[j] += g[j] / sqrtf(ac + eps) * -lr;
             }
         }
+    }
+    return 0;
+}
+
+/* The output table's update for one mini-batch of the fused step, shared embedding mode: one pass
+ * over the step's distinct item rows rows[0..R) of W (n_rows x D, with Adagrad state acc and mom)
+ * and of the bias b (n_rows, state b_acc, b_mom). Row r's gradient is dW_rows[r] plus dx[i] for
+ * every mini-batch input i whose row is in_row[i] (the input embedding is W itself); the bias of a
+ * row is updated only when it is a score column (is_column[r]): an input-only item's bias is not
+ * touched, as in the eager step. dW_rows is consumed. mom and b_mom may be NULL (no momentum).
+ * Returns -1 (nothing updated) when an index is out of range, else 0. */
+int64_t g4r_output_rows_update(float *restrict W, float *restrict acc, float *restrict mom, float *restrict b,
+                               float *restrict b_acc, float *restrict b_mom, int64_t n_rows, int64_t D,
+                               const int64_t *restrict rows, int64_t R, float *restrict dW_rows,
+                               const float *restrict db_rows, const uint8_t *restrict is_column,
+                               const int64_t *restrict in_row, const float *restrict dx, int64_t B, float lr,
+                               float momentum, float eps) {
+    for (int64_t r = 0; r < R; ++r)
+        if (rows[r] < 0 || rows[r] >= n_rows) return -1;
+    for (int64_t i = 0; i < B; ++i)
+        if (in_row[i] < 0 || in_row[i] >= R) return -1;
+    for (int64_t i = 0; i < B; ++i) {
+        float *g = dW_rows + in_row[i] * D;
+        const float *d = dx + i * D;
+#pragma omp simd
+        for (int64_t j = 0; j < D; ++j) g[j] += d[j];
+    }
+    g4r_adagrad_rows(W, acc, mom, n_rows, rows, dW_rows, R, D, lr, momentum, eps);
+    for (int64_t r = 0; r < R; ++r) {
+        if (!is_column[r]) continue;
+        int64_t k = rows[r];
+        float g = db_rows[r], ac = b_acc[k] + g * g;
+        float u = g / sqrtf(ac + eps) * -lr;
+        b_acc[k] = ac;
+        if (b_mom) {
+            u += momentum * b_mom[k];
+            b_mom[k] = u;
+        }
+        b[k] += u;
     }
     return 0;
 }

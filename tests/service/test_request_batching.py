@@ -1,0 +1,125 @@
+"""Batching: the requests of a moment share one GRU step and one score product, and get the same
+answers as one by one (same items in the same order; scores equal up to float rounding, since a
+matrix product of many rows may round differently from one of a single row)."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from service_helpers import client, model_a, model_big, top_ids, top_scores
+
+from service.batcher import Batcher
+from service.engine import Query, RetrievalSettings, load_bundle
+from service.metrics import Metrics
+
+CASES = [("model_a", "exact"), ("model_big", "exact"), ("model_big", "index")]
+
+
+@pytest.fixture(scope="module", params=CASES, ids=["60 items exact", "20k items exact", "20k items index"])
+def bundle(request):
+    name, mode = request.param
+    path = model_a() if name == "model_a" else model_big()
+    return load_bundle(path, RetrievalSettings(mode=mode, nprobe=4, candidates=50), warmup_steps=1)
+
+
+def _random_work(bundle, n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    steps = [rng.integers(0, bundle.n_items, size=int(rng.integers(0, 7))).tolist() for _ in range(n)]
+    queries = []
+    for j in range(n):
+        kind = j % 4
+        exclude = rng.integers(0, bundle.n_items, size=int(rng.integers(0, 30))).astype(np.int64)
+        include = np.unique(rng.integers(0, bundle.n_items, size=25)).astype(np.int64) if kind == 1 else None
+        queries.append(Query(int(rng.integers(1, 30)), exclude, include, exact=kind == 2))
+    return steps, queries
+
+
+def _same(batched, single) -> None:
+    assert batched.indices == single.indices
+    np.testing.assert_allclose(batched.scores, single.scores, rtol=1e-5, atol=1e-5)
+
+
+def test_a_batch_advances_and_ranks_as_one_by_one(bundle):
+    steps, queries = _random_work(bundle, 24)
+    zeros = np.zeros((24, bundle.state_size), dtype=np.float32)
+    states = bundle.advance(zeros, steps)  # rows with 0..6 steps side by side
+    alone = np.stack([bundle.advance(zeros[:1].copy(), [s])[0] for s in steps])
+    np.testing.assert_allclose(states, alone, rtol=1e-5, atol=1e-6)
+    h = bundle.session_vectors(states)
+    for batched, q, row in zip(bundle.rank(h, queries), queries, h, strict=True):
+        _same(batched, bundle.rank(row[None, :], [q])[0])
+
+
+def test_the_batcher_gives_every_job_its_own_answer(bundle):
+    steps, queries = _random_work(bundle, 40, seed=1)
+
+    async def run(max_batch: int):
+        metrics = Metrics()
+        batcher = Batcher(metrics, max_batch=max_batch, max_wait_s=0.02)
+        batcher.start()
+        try:
+            outcomes = await asyncio.gather(*(batcher.run(bundle, None, s, q) for s, q in zip(steps, queries, strict=True)))
+        finally:
+            batcher.close()
+        return outcomes, metrics.batch_size.collect()[0].samples
+
+    together, samples = asyncio.run(run(64))
+    one_by_one, _ = asyncio.run(run(1))
+    for a, b in zip(together, one_by_one, strict=True):
+        np.testing.assert_allclose(a.state, b.state, rtol=1e-5, atol=1e-6)
+        _same(a.top, b.top)
+    count = next(s.value for s in samples if s.name.endswith("_count"))
+    assert count < 40  # they did share batches
+
+
+def _ask_concurrently(api, bodies: list[dict]) -> list:
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        return list(pool.map(lambda body: api.post("/v1/recommend", json=body), bodies))
+
+
+def test_concurrent_requests_get_the_answers_of_one_by_one():
+    rng = np.random.default_rng(3)
+    bodies = []
+    for j in range(32):
+        items = [str(1000 + i) for i in rng.integers(0, 60, size=int(rng.integers(1, 6)))]
+        body = {"items": items, "k": int(rng.integers(1, 20)), "exclude_seen": bool(j % 3 == 0)}
+        if j % 4 == 1:
+            body["exclude"] = [str(1000 + i) for i in rng.integers(0, 60, size=5)]
+        if j % 5 == 2:
+            body["include"] = [str(1000 + i) for i in rng.integers(0, 60, size=12)]
+        bodies.append(body)
+    with client(model_a(), batch_wait_ms=20) as batched, client(model_a(), batch_max_size=1) as single:
+        together = _ask_concurrently(batched, bodies)
+        alone = [single.post("/v1/recommend", json=body) for body in bodies]
+        for a, b in zip(together, alone, strict=True):
+            assert a.status_code == b.status_code == 200
+            assert top_ids(a) == top_ids(b)
+            np.testing.assert_allclose(top_scores(a), top_scores(b), rtol=1e-5, atol=1e-6)
+        text = batched.get("/metrics").text
+        metric = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("gru4rec_batch")}
+        assert metric["gru4rec_batch_size_sum"] == 32 and metric["gru4rec_batch_size_count"] < 32
+        assert 'gru4rec_batch_wait_seconds_bucket{le="0.025"}' in text
+
+
+def test_a_lone_request_does_not_wait_for_company():
+    """At a trickle (gaps far above the wait), a request is run at once, not held for the batch wait."""
+
+    async def run() -> float:
+        bundle = load_bundle(model_a(), warmup_steps=1)
+        metrics = Metrics()
+        batcher = Batcher(metrics, max_batch=64, max_wait_s=0.2)
+        batcher.start()
+        try:
+            for _ in range(3):
+                await batcher.run(bundle, None, [1, 2], Query(5))
+                await asyncio.sleep(0.3)
+        finally:
+            batcher.close()
+        return metrics.batch_wait.collect()[0].samples
+
+    samples = asyncio.run(run())
+    total = next(s.value for s in samples if s.name.endswith("_sum"))
+    assert total < 0.1  # three requests, none held anywhere near the 0.2 s wait
