@@ -59,7 +59,8 @@ pipeline: setup
 	@echo
 	@echo "Comparison table: $(OUT)/comparison/comparison.md, plot: $(OUT)/comparison/comparison.png"
 	@item=$$(sed -n 2p $(OUT)/prepared/test.tsv | cut -f2); \
-	echo "Serving on http://127.0.0.1:$(PORT) (open it in a browser for the demo page); from another terminal try:"; \
+	if [ "$(SERVE)" = 1 ]; then echo "Serving on http://127.0.0.1:$(PORT) (open it in a browser for the demo page); from another terminal try:"; \
+	else echo "Not serving (SERVE=0); serve with: $(GRU4REC) serve $(OUT)/model --port $(PORT), then try:"; fi; \
 	echo "  curl -s -X POST http://127.0.0.1:$(PORT)/v1/recommend -H 'Content-Type: application/json' -d '{\"items\": [\"$$item\"], \"k\": 5}'"
 	@if [ "$(SERVE)" = 1 ]; then $(GRU4REC) serve $(OUT)/model --host 127.0.0.1 --port $(PORT); fi
 
