@@ -9,24 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from gru4rec.data.sessions import Sessions
 from gru4rec.training.fixed_step import FixedStep
 from gru4rec.training.params import HyperParams
 from gru4rec.training.trainer import Trainer
+from session_factories import cyclic
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 GIVE_UP = "training continues with the eager step"
-
-
-def cyclic(n_items: int, n_sessions: int, seed: int) -> Sessions:
-    rng = np.random.default_rng(seed)
-    lists = []
-    for _ in range(n_sessions):
-        start, n = int(rng.integers(n_items)), int(rng.integers(1, 9))
-        lists.append([(start + k) % n_items for k in range(n)])
-    lengths = [len(x) for x in lists]
-    return Sessions(np.concatenate(lists).astype(np.int64), np.r_[0, np.cumsum(lengths)].astype(np.int64),
-                    np.array([f"s{i}" for i in range(len(lists))], dtype=object))
 
 
 N_ITEMS = 50

@@ -16,31 +16,16 @@ from gru4rec.training.params import HyperParams
 from gru4rec.training.sampling import NegativeSampler
 from gru4rec.training.schedule import EpochSchedule
 from gru4rec.training.trainer import Trainer
+from session_factories import cyclic, sessions_of
 
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def sessions_of(lists: list[list[int]]) -> Sessions:
-    lengths = [len(x) for x in lists]
-    return Sessions(np.concatenate([np.asarray(x, dtype=np.int64) for x in lists]),
-                    np.r_[0, np.cumsum(lengths)].astype(np.int64), np.array([f"s{i}" for i in range(len(lists))], dtype=object))
 
 
 def by_position(lengths) -> Sessions:
     """Item at position p is p: an input tells which event it is."""
     offsets = np.r_[0, np.cumsum(lengths)]
     return sessions_of([list(range(offsets[i], offsets[i + 1])) for i in range(len(lengths))])
-
-
-def cyclic(n_items: int, n_sessions: int, seed: int) -> Sessions:
-    """Sessions of 1 to 8 clicks (one-click sessions included) that click i + 1 after i."""
-    rng = np.random.default_rng(seed)
-    lists = []
-    for _ in range(n_sessions):
-        start, n = int(rng.integers(n_items)), int(rng.integers(1, 9))
-        lists.append([(start + k) % n_items for k in range(n)])
-    return sessions_of(lists)
 
 
 # ---- the schedule ----

@@ -11,11 +11,11 @@ import torch
 
 from gru4rec.training import native
 from gru4rec.training.params import HyperParams
-from gru4rec.data.sessions import Sessions
 from gru4rec.training.fused import FusedStep, TorchOps
 from gru4rec.training.losses import OutputLoss
 from gru4rec.training.optim import AdagradMomentum, Gradients
 from gru4rec.training.trainer import Trainer
+from session_factories import cyclic
 
 CPU = torch.device("cpu")
 
@@ -145,23 +145,12 @@ def test_kernels_refuse_tensors_they_would_misread(ops):
                         torch.tensor([0, 1, 2]), None, 0.5)
 
 
-def cyclic_sessions(n_items: int, n_sessions: int, seed: int) -> Sessions:
-    rng = np.random.default_rng(seed)
-    lists = []
-    for _ in range(n_sessions):
-        start, n = int(rng.integers(n_items)), int(rng.integers(2, 9))
-        lists.append([(start + k) % n_items for k in range(n)])
-    lengths = [len(x) for x in lists]
-    return Sessions(np.concatenate(lists).astype(np.int64), np.r_[0, np.cumsum(lengths)].astype(np.int64),
-                    np.array([f"s{i}" for i in range(len(lists))], dtype=object))
-
-
 @pytest.mark.parametrize("loss", ["cross-entropy", "bpr-max"])
 @pytest.mark.parametrize("mode", [dict(), dict(constrained_embedding=False, embedding=7)], ids=["shared", "separate"])
 def test_native_and_pytorch_fused_steps_train_the_same_model(loss, mode):
     """Whole epochs with dropout, two layers and momentum: same losses and weights either way."""
     n_items = 60
-    sessions = cyclic_sessions(n_items, 80, seed=1)
+    sessions = cyclic(n_items, 80, seed=1, min_clicks=2)
     counts = np.bincount(sessions.items, minlength=n_items) + 1
     params = HyperParams(layers=(24, 12), batch_size=9, n_sample=20, learning_rate=0.05, momentum=0.3, n_epochs=1,
                          dropout_p_embed=0.2, dropout_p_hidden=0.3, logq=0.5, loss=loss, sample_cache_size=2000, **mode)
@@ -184,7 +173,7 @@ def test_disabled_by_environment(monkeypatch):
         assert native.library() is None
         assert not native.usable(torch.zeros(2))
         params = HyperParams(layers=(8,), batch_size=3, n_sample=4, n_epochs=1)
-        trainer = Trainer(params, cyclic_sessions(20, 10, 0), np.ones(20), CPU, seed=0, step="fused")
+        trainer = Trainer(params, cyclic(20, 10, 0, min_clicks=2), np.ones(20), CPU, seed=0, step="fused")
         assert isinstance(trainer.fused.ops, TorchOps)  # the portable step, not an error
         assert isinstance(trainer.optimizers[0], AdagradMomentum)
         trainer.train_epoch(1)

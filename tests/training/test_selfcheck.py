@@ -21,25 +21,15 @@ from gru4rec.training.fixed_step import FixedStep
 from gru4rec.training.fused import FusedStep, TorchOps
 from gru4rec.training.params import HyperParams
 from gru4rec.training.trainer import Trainer
+from session_factories import cyclic
 
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 GIVE_UP = "training continues with the eager step"
 
 
-def cyclic(n_items: int, n_sessions: int, seed: int) -> Sessions:
-    rng = np.random.default_rng(seed)
-    lists = []
-    for _ in range(n_sessions):
-        start, n = int(rng.integers(n_items)), int(rng.integers(2, 9))
-        lists.append([(start + k) % n_items for k in range(n)])
-    lengths = [len(x) for x in lists]
-    return Sessions(np.concatenate(lists).astype(np.int64), np.r_[0, np.cumsum(lengths)].astype(np.int64),
-                    np.array([f"s{i}" for i in range(len(lists))], dtype=object))
-
-
 N_ITEMS = 40
-SESSIONS = cyclic(N_ITEMS, 50, seed=2)
+SESSIONS = cyclic(N_ITEMS, 50, seed=2, min_clicks=2)
 COUNTS = np.bincount(SESSIONS.items, minlength=N_ITEMS) + 1
 
 
