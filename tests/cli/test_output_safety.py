@@ -11,6 +11,7 @@ import pytest
 
 from gru4rec.cli import main
 from gru4rec.foundation.atomic import MARKER
+from places import unwritable
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -47,23 +48,6 @@ def fails(capsys, argv: list[str], *expected: str) -> str:
     for text in expected:
         assert text in captured.err, (text, captured.err)
     return captured.out
-
-
-def unwritable(tmp_path: Path) -> Path:
-    """A directory this process cannot create files in (root ignores modes: /sys then)."""
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o555)
-    try:
-        (ro / "probe").touch()
-    except OSError:
-        return ro
-    (ro / "probe").unlink()
-    try:
-        Path("/sys/gru4rec-probe").touch()
-    except OSError:
-        return Path("/sys")
-    pytest.skip("no place this process cannot write to")
 
 
 # -- defect 1: a user's directory or file is never replaced ----------------------------------------------

@@ -24,6 +24,7 @@ from gru4rec.foundation.atomic import (
     scratch_dir,
 )
 from gru4rec.foundation.errors import UserError
+from places import unwritable
 
 KIND = OutputKind("report directory", "gru4rec report", frozenset({"report.txt", "report.json"}), "report.json")
 OTHER = OutputKind("model directory", "gru4rec train", frozenset({"model.pt"}), "model.pt")
@@ -94,24 +95,6 @@ def test_a_symlinked_output_is_written_where_it_points(tmp_path):
     (tmp_path / "live").symlink_to("v1")
     write_report(tmp_path / "live", "x")
     assert (tmp_path / "live").is_symlink() and (tmp_path / "v1" / "report.txt").read_text() == "x"
-
-
-def unwritable(tmp_path: Path) -> Path:
-    """A directory this process cannot create files in (root ignores modes: use /sys then)."""
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o555)
-    try:
-        (ro / "probe").touch()
-    except OSError:
-        return ro
-    (ro / "probe").unlink()
-    for candidate in (Path("/sys"), Path("/proc")):
-        try:
-            (candidate / "gru4rec-probe").touch()
-        except OSError:
-            return candidate
-    pytest.skip("no place this process cannot write to")
 
 
 def test_unwritable_places_are_refused_up_front(tmp_path):
