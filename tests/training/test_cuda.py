@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from gru4rec.training.fixed_step import FixedStep
 from gru4rec.training.params import HyperParams
 from gru4rec.training.trainer import Trainer
 from session_factories import cyclic
+from step_faults import forget_the_output_bias
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 GIVE_UP = "training continues with the eager step"
@@ -64,12 +64,7 @@ def test_graph_step_with_dropout_learns(caplog):
 
 
 def test_broken_graph_step_falls_back_to_eager(caplog, monkeypatch):
-    def skip_the_bias(self, p, ids, grads, touched):
-        if p is not self.model.By.weight:
-            return original(self, p, ids, grads, touched)
-
-    original = FixedStep._update_rows
-    monkeypatch.setattr(FixedStep, "_update_rows", skip_the_bias)
+    forget_the_output_bias(monkeypatch)
     with caplog.at_level(logging.WARNING):
         faulty = train(params(), "auto")
     assert sum(GIVE_UP in r.getMessage() for r in caplog.records) == 1

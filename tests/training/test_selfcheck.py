@@ -17,11 +17,11 @@ from gru4rec.data.sessions import Sessions
 from gru4rec.training import native, selfcheck
 from gru4rec.training.eager import Batch, eager_step
 from gru4rec.training.fixed_epoch import FixedEpoch
-from gru4rec.training.fixed_step import FixedStep
 from gru4rec.training.fused import FusedStep, TorchOps
 from gru4rec.training.params import HyperParams
 from gru4rec.training.trainer import Trainer
 from session_factories import cyclic
+from step_faults import forget_the_output_bias
 
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -94,12 +94,7 @@ def test_faulty_fused_step_falls_back_to_eager_with_one_warning(broken, caplog, 
 
 
 def test_faulty_fixed_step_hands_the_epoch_to_eager(caplog, monkeypatch):
-    def skip_the_bias(self, p, ids, grads, touched):  # forgets to update the output bias
-        if p is not self.model.By.weight:
-            return original(self, p, ids, grads, touched)
-
-    original = FixedStep._update_rows
-    monkeypatch.setattr(FixedStep, "_update_rows", skip_the_bias)
+    forget_the_output_bias(monkeypatch)
     with caplog.at_level(logging.WARNING):
         faulty = train(params(), "fixed")
     assert sum(GIVE_UP in r.getMessage() for r in caplog.records) == 1
