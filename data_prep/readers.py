@@ -37,6 +37,7 @@ import pyarrow.csv as pacsv
 from data_prep.columns import Ids, IdColumn, TimeColumn, first_true, ticks_to_seconds
 from gru4rec.foundation.errors import UserError
 from gru4rec.foundation.memory import release_arrow_memory
+from gru4rec.foundation.prefetch import prefetched
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,8 @@ def _csv_batches(path: Path, read: pacsv.ReadOptions, parse: pacsv.ParseOptions,
     """The blocks of a delimited file; parse errors become one-line UserErrors naming the line."""
     try:
         with open_binary(path) as fh:
-            yield from pacsv.open_csv(fh, read_options=read, parse_options=parse, convert_options=convert)
+            # the next block is parsed while the caller encodes this one
+            yield from prefetched(pacsv.open_csv(fh, read_options=read, parse_options=parse, convert_options=convert))
     except pa.ArrowInvalid as exc:
         text = str(exc)
         if "Empty CSV file" in text:
@@ -349,7 +351,8 @@ def _read_otto(path: Path, schema: pa.Schema, block: int) -> RawLog:
     options = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
     try:
         with open_binary(path) as fh:
-            for batch in pajson.open_json(fh, read_options=pajson.ReadOptions(block_size=block), parse_options=options):
+            blocks = pajson.open_json(fh, read_options=pajson.ReadOptions(block_size=block), parse_options=options)
+            for batch in prefetched(blocks):  # the next block is parsed while this one is encoded
                 events = lines.add(batch, time.rows)
                 session.add(batch.column("session").take(pa.array(lines.parents)))
                 item.add(events.field("aid"))
@@ -576,7 +579,7 @@ def read_parquet(path: Path, cols: ColumnMap) -> RawLog:
             source = str(path)
         pf = pq.ParquetFile(source)
         _check_columns(path, pf.schema_arrow.names, cols)
-        for batch in pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=cols.wanted(), use_threads=True):
+        for batch in prefetched(pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=cols.wanted(), use_threads=True)):
             log_columns.add(batch)
     except UserError:
         raise

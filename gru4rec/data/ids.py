@@ -3,15 +3,15 @@
 Ids are text ("0115" and "115" are two items). Encoding tens of millions of them is the costly part
 of reading a log, so each column takes the cheapest exact route:
 
-- ids of at most 18 ASCII digits (nearly every real log), and ids stored as non-negative integers,
-  go through an integer key: a 1 followed by the digits (0115 -> 10115), one to one with the text,
-  hashed and sorted as a machine integer (about twice as fast as hashing the text); the text is
-  rebuilt from the key for the dictionary (one entry per distinct id) only;
+- ids of at most 18 ASCII digits (nearly every real log) go through an integer key: a 1 followed by
+  the digits (0115 -> 10115), one to one with the text, hashed and sorted as a machine integer (about
+  twice as fast as hashing the text); ids stored as integers (Parquet written from numeric ids) are
+  their own keys. The text is rebuilt from the keys for the dictionary (one entry per distinct id) only;
 - item ids: each batch is dictionary-encoded on its own by pyarrow's hash kernel (its table holds
   the batch's distinct items, small enough to stay in cache), and the batches' dictionaries are
   unified once at the end;
 - session ids come in runs (a session's events are together in nearly every file): only the first
-  id of each run is kept, and digit keys are checked for repeats by sorting them; with no repeat
+  id of each run is kept, and keys are checked for repeats by sorting them; with no repeat
   every run is a session and nothing is hashed at all (hashing millions of distinct ids is
   memory-bound and several times slower than sorting them). Otherwise the run ids are
   dictionary-encoded.
@@ -28,19 +28,27 @@ import pyarrow.compute as pc
 MAX_KEY_DIGITS = 18  # 10**18 + an 18-digit number still fits an int64
 _POWERS_OF_TEN = 10 ** np.arange(MAX_KEY_DIGITS + 1, dtype=np.int64)
 
+# How a column's ids became int64 keys, which says how to turn keys back into the ids' text:
+INTEGERS = "integers"  # ids stored as integers (Parquet): the key is the value, the text its decimal
+DIGITS = "digits"  # text of at most 18 ASCII digits: the key is a 1 followed by the digits
+TEXT = "text"  # anything else: no key, the text itself is hashed
+
+
+def id_keys(ids: pa.Array) -> tuple[str, np.ndarray | None]:
+    """The cheapest exact int64 keys of a batch of ids (text none of them empty, or integers), and
+    their kind; (TEXT, None) when there are none."""
+    if pa.types.is_integer(ids.type):
+        try:
+            return INTEGERS, pc.cast(ids, pa.int64()).to_numpy(zero_copy_only=False)
+        except pa.ArrowInvalid:  # uint64 beyond the int64 range
+            return TEXT, None
+    keys = digit_keys(ids)
+    return (TEXT, None) if keys is None else (DIGITS, keys)
+
 
 def digit_keys(ids: pa.Array) -> np.ndarray | None:
-    """int64 keys, "1" followed by the id's digits, when every id is at most 18 ASCII digits (or a
-    non-negative integer below 10**18); else None."""
-    if len(ids) == 0:
-        return None
-    if pa.types.is_integer(ids.type):
-        values = ids.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-        if values.min() < 0 or values.max() >= _POWERS_OF_TEN[-1]:
-            return None
-        digits = np.maximum(np.searchsorted(_POWERS_OF_TEN, values, side="right"), 1)
-        return _POWERS_OF_TEN[digits] + values
-    if not pc.all(pc.ascii_is_decimal(ids)).as_py():
+    """int64 keys, "1" followed by the id's digits, when every id is at most 18 ASCII digits; else None."""
+    if len(ids) == 0 or not pc.all(pc.ascii_is_decimal(ids)).as_py():
         return None
     lengths = pc.binary_length(ids)
     if pc.max(lengths).as_py() > MAX_KEY_DIGITS:
@@ -53,9 +61,11 @@ def as_text(ids: pa.Array) -> pa.Array:
     return ids if pa.types.is_string(ids.type) else pc.cast(ids, pa.string())
 
 
-def key_text(keys: pa.Array) -> pa.Array:
-    """The ids back from their digit keys (10115 -> "0115")."""
-    return pc.utf8_slice_codeunits(pc.cast(keys, pa.string()), 1)
+def key_text(kind: str, keys: pa.Array) -> pa.Array:
+    """The ids back from their keys of that kind (DIGITS: 10115 -> "0115"; INTEGERS: 115 -> "115")."""
+    if kind == DIGITS:
+        return pc.utf8_slice_codeunits(pc.cast(keys, pa.string()), 1)
+    return as_text(keys)
 
 
 def unify(chunks: list[pa.DictionaryArray]) -> tuple[np.ndarray, pa.Array]:
@@ -95,18 +105,23 @@ class ItemCodes:
 
     def __init__(self) -> None:
         self.chunks: list[pa.DictionaryArray] = []
+        self.kinds: list[str] = []
 
     def add(self, ids: pa.Array) -> None:
         """A batch of ids (text none of them empty, or integers)."""
-        keys = digit_keys(ids)
+        kind, keys = id_keys(ids)
         self.chunks.append(pc.dictionary_encode(as_text(ids) if keys is None else pa.array(keys)))
+        self.kinds.append(kind)
 
     def finish(self) -> tuple[np.ndarray, pa.Array]:
         """Codes of all events (int32) and the ids (text), both in order of first appearance."""
-        if len({c.type.value_type for c in self.chunks}) > 1:  # some batches had other ids than digits
-            self.chunks = [_text_dictionary(c) for c in self.chunks]
+        kinds = set(self.kinds)
+        kind = kinds.pop() if len(kinds) == 1 else TEXT
+        if kinds:  # batches of different kinds: their dictionaries as text, then unified
+            self.chunks = [pa.DictionaryArray.from_arrays(c.indices, key_text(k, c.dictionary))
+                           for c, k in zip(self.chunks, self.kinds)]
         codes, dictionary = unify(self.chunks)
-        return codes, key_text(dictionary) if pa.types.is_integer(dictionary.type) else dictionary
+        return codes, key_text(kind, dictionary)
 
 
 class SessionRuns:
@@ -114,9 +129,9 @@ class SessionRuns:
 
     def __init__(self) -> None:
         self.run_of_event: list[np.ndarray] = []
-        self.run_keys: list[np.ndarray] = []  # each run's id as its digit key, while every id has one...
-        self.run_ids: list[pa.Array] = []  # ...and as text from the first batch whose ids do not
-        self.digits = True  # every run id so far has a digit key
+        self.kind: str | None = None  # of every run id so far (None: no run yet)
+        self.run_keys: list[np.ndarray] = []  # each run's id as its key while they all have one of a kind...
+        self.run_ids: list[pa.Array] = []  # ...and as text from the first batch where they do not
         self.n_runs = 0
         self.last: str | int | None = None  # the id of the run the previous batch ended in
 
@@ -129,40 +144,39 @@ class SessionRuns:
         runs = np.cumsum(change, dtype=np.int64)
         runs += self.n_runs - 1
         run_ids = ids.filter(pa.array(change))
-        keys = digit_keys(run_ids) if self.digits and len(run_ids) else None
-        if self.digits and (keys is not None or not len(run_ids)):
-            self.run_keys.append(keys if keys is not None else np.zeros(0, np.int64))
-        else:
-            if self.digits:  # the first ids that are not digits: the runs so far become text
-                self.digits = False
-                if self.run_keys:
-                    self.run_ids = [key_text(pa.array(concatenate(self.run_keys), pa.int64()))]
-            self.run_ids.append(as_text(run_ids))
+        if len(run_ids):
+            self._add_run_ids(run_ids)
         self.run_of_event.append(runs.astype(np.int32))
         self.n_runs = int(runs[-1]) + 1
         self.last = ids[n - 1].as_py()
 
+    def _add_run_ids(self, run_ids: pa.Array) -> None:
+        kind, keys = id_keys(run_ids)
+        if self.kind is None:
+            self.kind = kind
+        if kind == self.kind != TEXT:
+            self.run_keys.append(keys)
+            return
+        if self.kind != TEXT:  # the first ids of another kind: the runs so far become text
+            if self.run_keys:
+                self.run_ids = [key_text(self.kind, pa.array(concatenate(self.run_keys), pa.int64()))]
+            self.kind = TEXT
+        self.run_ids.append(as_text(run_ids))
+
     def finish(self) -> tuple[np.ndarray, pa.Array]:
         """Session codes of all events (int32) and the session ids (text), in order of first appearance."""
         runs = concatenate(self.run_of_event)
-        if self.digits:
+        if self.kind != TEXT:
             keys = concatenate(self.run_keys)
             ordered = np.sort(keys)
             if not (ordered[1:] == ordered[:-1]).any():  # every run is a session: run numbers are the codes
-                return runs, key_text(pa.array(keys))
+                return runs, key_text(self.kind, pa.array(keys))
             del ordered
             encoded = pc.dictionary_encode(pa.array(keys))
-            session_ids = key_text(encoded.dictionary)
+            session_ids = key_text(self.kind, encoded.dictionary)
         else:
             encoded = pc.dictionary_encode(pa.chunked_array(self.run_ids, pa.string())).combine_chunks()
             self.run_ids = []
             session_ids = encoded.dictionary
         run_codes = encoded.indices.to_numpy(zero_copy_only=False)
         return run_codes[runs], session_ids
-
-
-def _text_dictionary(chunk: pa.DictionaryArray) -> pa.DictionaryArray:
-    if pa.types.is_integer(chunk.dictionary.type):
-        return pa.DictionaryArray.from_arrays(chunk.indices, key_text(chunk.dictionary))
-    return chunk
-

@@ -23,6 +23,7 @@ from gru4rec.data.ids import ItemCodes, SessionRuns, concatenate
 from gru4rec.foundation.atomic import atomic_file
 from gru4rec.foundation.errors import UserError
 from gru4rec.foundation.memory import release_arrow_memory
+from gru4rec.foundation.prefetch import prefetched
 
 COLUMNS = ("SessionId", "ItemId", "Time")
 
@@ -70,8 +71,9 @@ def read_session_columns(path: str | os.PathLike[str]) -> SessionColumns:
     if path.is_dir():
         raise UserError(f"{path}: is a directory, expected a session file")
     builder = _ColumnBuilder(path)
+    batches = _parquet_batches(path) if path.suffix == ".parquet" else _tsv_batches(path)
     try:
-        for session, item, time in _parquet_batches(path) if path.suffix == ".parquet" else _tsv_batches(path):
+        for session, item, time in prefetched(batches):  # the next block is decoded while this one is encoded
             builder.add(session, item, time)
     except (pa.ArrowException, OSError, EOFError, ValueError) as exc:
         raise _read_error(path, exc) from None
@@ -150,35 +152,13 @@ def _tsv_batches(path: Path) -> Iterator[tuple[pa.Array, pa.Array, pa.Array]]:
     _check_header(path)
     read = pacsv.ReadOptions(block_size=_BLOCK_SIZE)
     parse = pacsv.ParseOptions(delimiter="\t")
-    convert = pacsv.ConvertOptions(
-        include_columns=list(COLUMNS), column_types={"SessionId": pa.string(), "ItemId": pa.string(), "Time": pa.float64()},
-        null_values=[""], strings_can_be_null=False,
-    )
+    # Every column as text: the parser only splits, and Time is converted as each batch is encoded
+    # (a bad value is then named by its row), on the other core than the parsing of the next block.
+    convert = pacsv.ConvertOptions(include_columns=list(COLUMNS), column_types={c: pa.string() for c in COLUMNS},
+                                   strings_can_be_null=False)
     with _open_stream(path) as stream:
-        try:
-            for batch in pacsv.open_csv(stream, read_options=read, parse_options=parse, convert_options=convert):
-                yield batch.column(0), batch.column(1), batch.column(2)
-        except pa.ArrowInvalid as exc:
-            if "conversion error" in str(exc):  # only Time is converted: name its first non-number
-                raise _bad_time_text(path) from None
-            raise
-
-
-def _bad_time_text(path: Path) -> UserError:
-    """Re-read Time as text to name the first value that is not a number (the parser only says which block)."""
-    import pyarrow.csv as pacsv
-
-    convert = pacsv.ConvertOptions(include_columns=["Time"], column_types={"Time": pa.string()}, strings_can_be_null=False)
-    rows = 0
-    with _open_stream(path) as stream:
-        for batch in pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=_BLOCK_SIZE),
-                                    parse_options=pacsv.ParseOptions(delimiter="\t"), convert_options=convert):
-            bad = _first_unparsable(batch.column(0))
-            if bad is not None:
-                text = batch.column(0)[bad].as_py()
-                return UserError(f"{path}: row {rows + bad + 2}: Time {text!r} is not a number (Unix seconds)")
-            rows += batch.num_rows
-    return UserError(f"{path}: the Time column holds a value that is not a number (Unix seconds)")
+        for batch in pacsv.open_csv(stream, read_options=read, parse_options=parse, convert_options=convert):
+            yield batch.column(0), batch.column(1), batch.column(2)
 
 
 def _first_unparsable(text: pa.Array) -> int | None:
@@ -258,10 +238,10 @@ class _ColumnBuilder:
 
     def _times(self, time: pa.Array) -> np.ndarray:
         if pa.types.is_string(time.type) or pa.types.is_large_string(time.type):
-            bad = _first_unparsable(time)
-            if bad is not None:
-                raise UserError(f"{self._row(bad)}: Time {time[bad].as_py()!r} is not a number (Unix seconds)")
-            time = pc.cast(time, pa.float64())
+            try:
+                time = pc.cast(time, pa.float64())
+            except pa.ArrowInvalid:
+                raise self._bad_time_text(time) from None
         if not (pa.types.is_floating(time.type) or pa.types.is_integer(time.type)):
             raise UserError(f"{self.path}: column Time holds {time.type}, expected Unix seconds as numbers")
         if time.null_count:
@@ -274,6 +254,13 @@ class _ColumnBuilder:
             what = "not a number" if np.isnan(value) else "not a finite number"
             raise UserError(f"{self._row(index)}: Time {value} is {what} (Unix seconds)")
         return values
+
+    def _bad_time_text(self, time: pa.Array) -> UserError:
+        empty = pc.equal(pc.binary_length(time), 0)
+        if pc.any(empty).as_py():
+            return UserError(f"{self._row(_first(empty))}: empty Time")
+        bad = _first_unparsable(time)
+        return UserError(f"{self._row(bad)}: Time {time[bad].as_py()!r} is not a number (Unix seconds)")
 
     def finish(self) -> SessionColumns:
         if self.rows == 0:

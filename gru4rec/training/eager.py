@@ -14,7 +14,7 @@ from torch import Tensor
 
 from gru4rec.model.network import GRU4Rec, Hidden
 from gru4rec.training.losses import LossFn
-from gru4rec.training.optim import Gradients
+from gru4rec.training.optim import Gradients, Optimizer
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def forward_with_masks(model: GRU4Rec, inputs: Tensor, hidden: Hidden, masks: li
 
 
 def eager_step(
-    model: GRU4Rec, optimizers: list[torch.optim.Optimizer], loss_fn: LossFn, batch_size: int, batch: Batch,
+    model: GRU4Rec, optimizers: list[Optimizer], loss_fn: LossFn, batch_size: int, batch: Batch,
     hidden: Hidden, masks: list[Tensor | None] | None = None, reducer=None,
 ) -> tuple[Tensor, Hidden]:
     """One update by autograd; returns the (detached) loss and the new hidden state.

@@ -31,11 +31,11 @@ from torch import Tensor
 from gru4rec.model.network import GRU4Rec, Hidden, dropout_mask
 from gru4rec.training.fused import FusedStep, output_loss
 from gru4rec.training.losses import LossFn
-from gru4rec.training.optim import AdagradMomentum
+from gru4rec.training.optim import AdagradMomentum, Optimizer
 from gru4rec.training.settings import TrainingSettings
 
 
-def supports(model: GRU4Rec, optimizer: torch.optim.Optimizer, settings: TrainingSettings) -> bool:
+def supports(model: GRU4Rec, optimizer: Optimizer, settings: TrainingSettings) -> bool:
     return (model.mode in ("shared", "separate") and isinstance(optimizer, AdagradMomentum)
             and output_loss(settings).closed_form)
 

@@ -35,11 +35,11 @@ from torch import Tensor
 from gru4rec.model.network import GRU4Rec, Hidden, dropout_mask
 from gru4rec.training import native
 from gru4rec.training.losses import LossFn, OutputLoss
-from gru4rec.training.optim import AdagradMomentum, Gradients
+from gru4rec.training.optim import AdagradMomentum, Gradients, Optimizer
 from gru4rec.training.settings import TrainingSettings
 
 
-def supports(model: GRU4Rec, optimizer: torch.optim.Optimizer) -> bool:
+def supports(model: GRU4Rec, optimizer: Optimizer) -> bool:
     return model.mode in ("shared", "separate") and isinstance(optimizer, AdagradMomentum)
 
 

@@ -8,8 +8,10 @@ first, then accumulator, momentum and weights are updated for those rows alone.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -48,12 +50,53 @@ def sparse_parameters(model: torch.nn.Module) -> list[Tensor]:
     return [p for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse for p in m.parameters()]
 
 
-class AdagradMomentum(torch.optim.Optimizer):
+class AdagradMomentum:
+    """The reference optimiser, with torch.optim.Optimizer's interface and state_dict format.
+
+    Not a torch.optim.Optimizer subclass on purpose: that class's constructor, zero_grad and
+    state_dict import torch._dynamo on first use (about 3 s and tens of MB, a quarter of the start of
+    training on a YooChoose-size file) for nothing this optimiser needs. The hyperparameters are the
+    run's settings; a loaded state brings the accumulators and momenta, not other hyperparameters.
+    """
+
     def __init__(self, params: Iterable[Tensor], lr: float = 0.05, momentum: float = 0.0, eps: float = 1e-6) -> None:
         if lr <= 0:
             raise ValueError("lr must be positive")
-        super().__init__(params, dict(lr=lr, momentum=momentum, eps=eps))
         self.lr, self.momentum, self.eps = lr, momentum, eps
+        self.defaults = dict(lr=lr, momentum=momentum, eps=eps)
+        self.param_groups = [dict(self.defaults, params=list(params))]
+        self.state: defaultdict[Tensor, dict[str, Tensor]] = defaultdict(dict)
+
+    @property
+    def params(self) -> list[Tensor]:
+        return self.param_groups[0]["params"]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:  # noqa: D102 - torch API
+        for p in self.params:
+            if p.grad is None:
+                continue
+            if set_to_none:
+                p.grad = None
+            else:
+                p.grad.detach_().zero_()
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch.optim.Optimizer's format: state by parameter position, one parameter group."""
+        position = {p: i for i, p in enumerate(self.params)}
+        group = {k: v for k, v in self.param_groups[0].items() if k != "params"}
+        return {"state": {position[p]: dict(s) for p, s in self.state.items() if s},
+                "param_groups": [dict(group, params=list(range(len(self.params))))]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Accumulators and momenta of a state_dict() (also one written by the torch.optim.Optimizer
+        subclass of earlier releases), moved to each parameter's device and dtype."""
+        groups = state_dict["param_groups"]
+        if len(groups) != 1 or len(groups[0]["params"]) != len(self.params):
+            raise ValueError("loaded state dict does not match the optimizer's parameters")
+        self.state = defaultdict(dict)
+        for position, values in state_dict["state"].items():
+            p = self.params[int(position)]
+            self.state[p] = {k: v.to(device=p.device, dtype=p.dtype) for k, v in values.items()}
 
     def state_for(self, p: Tensor) -> dict:
         """p's accumulator (and momentum), created at zero on first use."""
@@ -66,7 +109,7 @@ class AdagradMomentum(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D102 - torch API
-        self.apply(Gradients.from_autograd(p for group in self.param_groups for p in group["params"]))
+        self.apply(Gradients.from_autograd(self.params))
         return None
 
     @torch.no_grad()
@@ -125,14 +168,17 @@ class AdagradMomentum(torch.optim.Optimizer):
         p.index_add_(0, rows, update)
 
 
-def make_optimizer(model: torch.nn.Module, name: str, lr: float, momentum: float) -> list[torch.optim.Optimizer]:
+Optimizer = AdagradMomentum | torch.optim.Optimizer  # the reference optimiser, or torch's Adam pair
+
+
+def make_optimizer(model: torch.nn.Module, name: str, lr: float, momentum: float) -> list[Optimizer]:
     """Optimisers for a model: the reference's Adagrad+momentum, or Adam (SparseAdam for item rows)."""
     if name == "adagrad":
         return [AdagradMomentum(model.parameters(), lr=lr, momentum=momentum)]
     sparse = sparse_parameters(model)
     sparse_ids = {id(p) for p in sparse}
     dense = [p for p in model.parameters() if id(p) not in sparse_ids]
-    optimizers: list[torch.optim.Optimizer] = [torch.optim.SparseAdam(sparse, lr=lr)]
+    optimizers: list[Optimizer] = [torch.optim.SparseAdam(sparse, lr=lr)]
     if dense:
         optimizers.append(torch.optim.Adam(dense, lr=lr))
     return optimizers

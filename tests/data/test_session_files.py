@@ -6,6 +6,8 @@ import gzip
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import require_shared
@@ -108,3 +110,27 @@ def test_parquet_ids_of_any_type_read_as_text(tmp_path):
     pd.DataFrame({"SessionId": ["a", None], "ItemId": ["x", "y"], "Time": [1.0, 2.0]}).to_parquet(tmp_path / "b.parquet")
     with pytest.raises(UserError, match="row 3: empty SessionId"):
         read_session_columns(tmp_path / "b.parquet")
+
+
+def test_integer_ids_in_parquet_read_as_their_decimal_text_across_batches(tmp_path, monkeypatch):
+    """Integer id columns are their own keys (negatives and int32 included); uint64 beyond int64 is text;
+    sessions that come back in a later batch and items seen in several batches keep one code."""
+    monkeypatch.setattr(session_files, "_PARQUET_BATCH_ROWS", 2)
+    sessions = [-3, -3, 5, 5, 7, -3, 2**62]
+    items = np.array([4, -1, 4, 2**40, -1, 0, 4], dtype=np.int64)
+    df = pd.DataFrame({"SessionId": sessions, "ItemId": items, "Time": np.arange(7.0)})
+    df.to_parquet(tmp_path / "a.parquet", row_group_size=2)
+    cols = read_session_columns(tmp_path / "a.parquet")
+    assert cols.session_ids.to_pylist() == ["-3", "5", "7", str(2**62)]
+    assert cols.session.tolist() == [0, 0, 1, 1, 2, 0, 3]
+    assert cols.item_ids.to_pylist() == ["4", "-1", str(2**40), "0"] and cols.item.tolist() == [0, 1, 0, 2, 1, 3, 0]
+    small = pd.DataFrame({"SessionId": np.array([9, 9, 8], np.int32), "ItemId": np.array([-2, 30, -2], np.int16),
+                          "Time": [1.0, 2.0, 3.0]})
+    small.to_parquet(tmp_path / "b.parquet")
+    cols = read_session_columns(tmp_path / "b.parquet")
+    assert cols.session_ids.to_pylist() == ["9", "8"] and cols.item_ids.to_pylist() == ["-2", "30"]
+    big = pa.table({"SessionId": pa.array([2**64 - 1, 1], pa.uint64()), "ItemId": pa.array([2**63, 2**63], pa.uint64()),
+                    "Time": [1.0, 2.0]})
+    pq.write_table(big, tmp_path / "c.parquet")
+    cols = read_session_columns(tmp_path / "c.parquet")
+    assert cols.session_ids.to_pylist() == [str(2**64 - 1), "1"] and cols.item_ids.to_pylist() == [str(2**63)]

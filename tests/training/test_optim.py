@@ -6,6 +6,10 @@ Sparse (item-row) gradients: duplicate ids of a step are summed first, only touc
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -138,3 +142,52 @@ def test_optimizer_state_dict_roundtrip_loads_weights_only(tmp_path):
     opt2.load_state_dict(loaded)
     assert torch.equal(opt2.state[emb.weight]["acc"], opt.state[emb.weight]["acc"])
     assert torch.equal(opt2.state[emb.weight]["mom"], opt.state[emb.weight]["mom"])
+
+
+def test_state_dict_round_trip_in_torch_format(tmp_path):
+    """The state travels as torch.optim.Optimizer's format (positions, one group); a fresh optimiser
+    that loads it continues exactly as the one that wrote it, and the optimizer.pt of the previous
+    release (a torch.optim.Optimizer subclass) loads."""
+    model = GRU4Rec(9, HyperParams(layers=(4,), constrained_embedding=False, embedding=3).model)
+    (opt,) = make_optimizer(model, "adagrad", 0.1, 0.2)
+    for p in model.parameters():
+        opt.state_for(p)["acc"].fill_(float(p.numel()))
+    state = opt.state_dict()
+    assert state["param_groups"] == [{"lr": 0.1, "momentum": 0.2, "eps": 1e-6, "params": list(range(len(opt.params)))}]
+    torch.save(state, tmp_path / "optimizer.pt")
+    (fresh,) = make_optimizer(model, "adagrad", 0.1, 0.2)
+    fresh.load_state_dict(torch.load(tmp_path / "optimizer.pt", weights_only=True))
+    for p in model.parameters():
+        assert torch.equal(fresh.state[p]["acc"], opt.state[p]["acc"]) and torch.equal(fresh.state[p]["mom"], opt.state[p]["mom"])
+    (other,) = make_optimizer(GRU4Rec(9, HyperParams(layers=(4, 4)).model), "adagrad", 0.1, 0.2)
+    with pytest.raises(ValueError, match="does not match"):
+        other.load_state_dict(state)
+
+
+def test_old_release_optimizer_state_loads():
+    from gru4rec.model.checkpoint import load_checkpoint, load_optimizer_state
+
+    fixture = Path(__file__).parents[1] / "fixtures" / "model_v1"
+    model = load_checkpoint(fixture).model
+    (opt,) = make_optimizer(model, "adagrad", 0.1, 0.2)
+    opt.load_state_dict(load_optimizer_state(fixture, "cpu")[0])
+    assert opt.state and all(s["acc"].shape == p.shape for p, s in opt.state.items())
+
+
+def test_training_does_not_import_torch_dynamo(tmp_path):
+    """torch.optim.Optimizer's methods import torch._dynamo (seconds at start-up); the default training
+    path must not touch them."""
+    script = (
+        "import sys, numpy as np, torch\n"
+        "from gru4rec.data.sessions import Sessions\n"
+        "from gru4rec.training.params import HyperParams\n"
+        "from gru4rec.training.trainer import Trainer\n"
+        "items = np.arange(400) % 37; offsets = np.arange(0, 401, 8)\n"
+        "s = Sessions(items, offsets, np.array([str(i) for i in range(50)]))\n"
+        "t = Trainer(HyperParams(layers=(8,), batch_size=4, n_sample=8), s, np.bincount(items), torch.device('cpu'), seed=1)\n"
+        "t.train_epoch(0); t.optimizer_state()\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=Path(__file__).parents[2])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False"
