@@ -14,6 +14,8 @@ latter is the steadier.
 `--min-of R` adds a second table for a busy machine, where other processes slow whole epochs by
 different amounts: the least CPU time per mini-batch of each step over R interleaved passes over the
 same first mini-batches of the epoch (`--steps`, 300), i.e. each step's speed in its quietest pass.
+It also times the fast step's matrix products alone (PyTorch's profiler, one pass): no rewrite of the
+rest of the step can take the ratio fast / eager above eager / products on that processor.
 
 Data: rsc15_100k train_full (70,278 events, 2,933 items) from ../shared/data, or any session file;
 `--synthetic N_ITEMS` trains on a generated log instead (see gru4rec.cli synth).
@@ -116,8 +118,20 @@ def least_step_time(trainer: Trainer, batches: list[torch.Tensor], passes: int) 
     return best
 
 
+def product_time(trainer: Trainer, batches: list[torch.Tensor]) -> float:
+    """CPU seconds per mini-batch spent in the matrix products (aten mm/addmm/bmm) of this trainer's
+    step over `batches`: the part of a step that no rewrite of the rest can remove."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        least_step_time(trainer, batches, 1)
+    products = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in ("aten::mm", "aten::addmm", "aten::bmm"))
+    return products * 1e-6 / len(batches)
+
+
 def compare_steps(name: str, sessions: Sessions, counts, passes: int, n_steps: int) -> str:
-    """One row of the least-of-passes table: both steps over the same mini-batches, passes interleaved."""
+    """One row of the least-of-passes table: both steps over the same mini-batches, passes interleaved,
+    and the ceiling of the ratio: eager time over the fast step's matrix products alone."""
     params = load_params(name)
     batches = [torch.from_numpy(step.positions) for _, step in zip(range(n_steps), session_parallel_steps(sessions, params.batch_size))]
     trainers = {step: Trainer(params, sessions, counts, torch.device("cpu"), seed=1, step=step, self_check=False,
@@ -127,9 +141,11 @@ def compare_steps(name: str, sessions: Sessions, counts, passes: int, n_steps: i
         for step, trainer in trainers.items():
             best[step] = min(best[step], least_step_time(trainer, batches, 1))
     fast, eager = best["auto"], best["eager"]
+    products = product_time(trainers["auto"], batches)
     rows = sum(len(b) for b in batches) / len(batches)
     return (f"| {name} | {params.batch_size} | {trainers['auto'].kind} | {fast * 1e6:,.0f} | {eager * 1e6:,.0f} "
-            f"| {rows / fast:,.0f} | {rows / eager:,.0f} | **{eager / fast:.2f}** |")
+            f"| {rows / fast:,.0f} | {rows / eager:,.0f} | **{eager / fast:.2f}** | {products * 1e6:,.0f} "
+            f"| {eager / products:.2f} |")
 
 
 def main() -> None:
@@ -159,8 +175,9 @@ def main() -> None:
             print(compare(name, args.train, device, batch, args.epochs), flush=True)
     if args.min_of > 0:
         print(f"\nleast CPU time per mini-batch over {args.min_of} interleaved passes over the epoch's first {args.steps} mini-batches\n")
-        print("| params | batch | fast step | fast µs/mini-batch | eager µs/mini-batch | fast ev/s | eager ev/s | fast / eager |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| params | batch | fast step | fast µs/mini-batch | eager µs/mini-batch | fast ev/s | eager ev/s | fast / eager "
+              "| fast step's matrix products µs/mini-batch | ceiling: eager / products |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for name in args.params:
             print(compare_steps(name, sessions, counts, args.min_of, args.steps), flush=True)
 
