@@ -54,8 +54,8 @@ class AdagradMomentum:
     """The reference optimiser, with torch.optim.Optimizer's interface and state_dict format.
 
     Not a torch.optim.Optimizer subclass on purpose: that class's constructor, zero_grad and
-    state_dict import torch._dynamo on first use (about 3 s and tens of MB, a quarter of the start of
-    training on a YooChoose-size file) for nothing this optimiser needs. The hyperparameters are the
+    state_dict import torch._dynamo on first use (about 3 s, a quarter of the start of training on
+    a YooChoose-size file) for nothing this optimiser needs. The hyperparameters are the
     run's settings; a loaded state brings the accumulators and momenta, not other hyperparameters.
     """
 
@@ -82,9 +82,9 @@ class AdagradMomentum:
 
     def state_dict(self) -> dict[str, Any]:
         """torch.optim.Optimizer's format: state by parameter position, one parameter group."""
-        position = {p: i for i, p in enumerate(self.params)}
+        position = {id(p): i for i, p in enumerate(self.params)}
         group = {k: v for k, v in self.param_groups[0].items() if k != "params"}
-        return {"state": {position[p]: dict(s) for p, s in self.state.items() if s},
+        return {"state": {position[id(p)]: dict(s) for p, s in self.state.items() if s},
                 "param_groups": [dict(group, params=list(range(len(self.params))))]}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
