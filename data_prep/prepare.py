@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 SPLIT_RULES = ("classic", "start")
 SPLITS = ("train_full", "test", "train_tr", "train_valid")
+_WRITE_PAIRS = (("train_full", "test"), ("train_tr", "train_valid"))  # each big split with a small one
 QUANTILES = (("p25", 0.25), ("median", 0.5), ("p75", 0.75), ("p90", 0.9), ("p99", 0.99))
 DAY = 86400.0
 
@@ -577,14 +578,19 @@ def write_outputs(prepared: Prepared, out_dir: Path, stats: dict, parquet: bool)
         write_session_file(df, out_dir / f"{name}{ext}")
         log.debug("wrote %s%s (%s events); memory: %s", name, ext, f"{len(df):,}", resident_memory())
 
-    # The TSV and the Parquet copy of a split are written at once, one per core (pyarrow's writers
-    # release the GIL): writing is about half of a prepare run.
+    # Writing is about half of a prepare run. Files are written two at a time, one per core (pyarrow's
+    # writers release the GIL): a split's TSV and Parquet copies together, and the small split of each
+    # pair on the core its big split's shorter write leaves idle. At most one big frame at a time.
+    exts = (".tsv", ".parquet") if parquet else (".tsv",)
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="gru4rec-write") as pool:
-        for name in progress(SPLITS, desc="write", unit="split"):
-            df = _output_frame(prepared, prepared.splits[name])
-            for done in [pool.submit(write, df, name, ext) for ext in ((".tsv", ".parquet") if parquet else (".tsv",))]:
-                done.result()
-            del df
+        for pair in progress(_WRITE_PAIRS, desc="write", unit="pair"):
+            jobs = []
+            for name in pair:
+                df = _output_frame(prepared, prepared.splits[name])
+                jobs += [pool.submit(write, df, name, ext) for ext in exts]
+                del df
+            for job in jobs:
+                job.result()
             release_arrow_memory()
     with atomic_file(out_dir / "stats.json", "w", encoding="utf-8", newline="\n") as fh:
         json.dump(stats, fh, indent=2)
