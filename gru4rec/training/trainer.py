@@ -29,6 +29,7 @@ from torch import Tensor
 from gru4rec.data.sessions import Sessions
 from gru4rec.foundation.errors import UserError
 from gru4rec.foundation.logs import progress
+from gru4rec.foundation.memory import advise_huge_pages
 from gru4rec.model.network import GRU4Rec, Hidden
 from gru4rec.training import distributed as ddp
 from gru4rec.training import fixed_step, selfcheck
@@ -37,7 +38,7 @@ from gru4rec.training.eager import Batch, eager_step
 from gru4rec.training.fixed_epoch import FixedEpoch
 from gru4rec.training.fused import FusedStep, supports
 from gru4rec.training.losses import make_loss
-from gru4rec.training.optim import make_optimizer
+from gru4rec.training.optim import AdagradMomentum, make_optimizer, sparse_parameters
 from gru4rec.training.params import HyperParams
 from gru4rec.training.sampling import NegativeSampler
 from gru4rec.training.schedule import EpochSchedule
@@ -121,6 +122,7 @@ class Trainer:
         self.checks_left = selfcheck.CHECKED_STEPS if self_check and self.kind != "eager" and world_size == 1 else 0
         self.reducer = None
         self._total_steps: int | None = None  # distributed: updates per epoch, agreed by all ranks
+        self._use_huge_pages()
         if world_size > 1:
             if settings.optimizer != "adagrad":
                 raise UserError("distributed training supports optimizer=adagrad (the reference optimiser) only")
@@ -349,3 +351,19 @@ class Trainer:
     def load_optimizer_state(self, states: list[dict[str, Any]]) -> None:
         for opt, state in zip(self.optimizers, states):
             opt.load_state_dict(state)
+        self._use_huge_pages()
+
+    def _use_huge_pages(self) -> None:
+        """The item tables, their Adagrad state and the fused step's per-item slots on 2 MB pages (CPU):
+        every step updates random rows of them (see foundation.memory.advise_huge_pages)."""
+        if self.device.type != "cpu":
+            return
+        opt = self.optimizers[0]
+        for table in sparse_parameters(self.model):
+            advise_huge_pages(table.data)
+            if isinstance(opt, AdagradMomentum):
+                for state in opt.state_for(table).values():
+                    advise_huge_pages(state)
+        slot = getattr(self.fused.ops, "slot", None) if self.fused is not None else None
+        if slot is not None:
+            advise_huge_pages(slot)
