@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gru4rec.foundation.memory import zeros_on_huge_pages
 from gru4rec.training import native
 
 
@@ -101,10 +102,10 @@ class AdagradMomentum:
     def state_for(self, p: Tensor) -> dict:
         """p's accumulator (and momentum), created at zero on first use."""
         state = self.state[p]
-        if "acc" not in state:
-            state["acc"] = torch.zeros_like(p)
+        if "acc" not in state:  # item tables' state is updated by random rows: see advise_huge_pages
+            state["acc"] = zeros_on_huge_pages(p)
             if self.momentum > 0:
-                state["mom"] = torch.zeros_like(p)
+                state["mom"] = zeros_on_huge_pages(p)
         return state
 
     @torch.no_grad()

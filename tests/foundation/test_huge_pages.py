@@ -23,3 +23,12 @@ def test_a_large_table_is_advised_and_keeps_its_values():
 def test_small_or_foreign_tensors_are_left_alone():
     assert not advise_huge_pages(torch.zeros(1000))
     assert not advise_huge_pages(object())
+
+
+def test_zeros_on_huge_pages_are_zeros_like():
+    from gru4rec.foundation.memory import zeros_on_huge_pages
+
+    like = torch.randn(300_000, 16)
+    out = zeros_on_huge_pages(like)
+    assert out.shape == like.shape and out.dtype == like.dtype and not out.any()
+    assert zeros_on_huge_pages(torch.ones(3)).tolist() == [0.0, 0.0, 0.0]
