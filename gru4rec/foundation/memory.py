@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import logging
 import sys
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 _HUGE_PAGE = 2 << 20
 _MADV_HUGEPAGE, _MADV_COLLAPSE = 14, 25  # Linux <asm-generic/mman-common.h>

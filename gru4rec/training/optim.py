@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gru4rec.foundation.memory import zeros_on_huge_pages
+from gru4rec.foundation.memory import advise_huge_pages, zeros_on_huge_pages
 from gru4rec.training import native
 
 
@@ -98,6 +98,8 @@ class AdagradMomentum:
         for position, values in state_dict["state"].items():
             p = self.params[int(position)]
             self.state[p] = {k: v.to(device=p.device, dtype=p.dtype) for k, v in values.items()}
+            for loaded in self.state[p].values():
+                advise_huge_pages(loaded)  # as state_for places fresh state
 
     def state_for(self, p: Tensor) -> dict:
         """p's accumulator (and momentum), created at zero on first use."""

@@ -38,7 +38,7 @@ from gru4rec.training.eager import Batch, eager_step
 from gru4rec.training.fixed_epoch import FixedEpoch
 from gru4rec.training.fused import FusedStep, supports
 from gru4rec.training.losses import make_loss
-from gru4rec.training.optim import AdagradMomentum, make_optimizer, sparse_parameters
+from gru4rec.training.optim import make_optimizer, sparse_parameters
 from gru4rec.training.params import HyperParams
 from gru4rec.training.sampling import NegativeSampler
 from gru4rec.training.schedule import EpochSchedule
@@ -351,19 +351,14 @@ class Trainer:
     def load_optimizer_state(self, states: list[dict[str, Any]]) -> None:
         for opt, state in zip(self.optimizers, states):
             opt.load_state_dict(state)
-        self._use_huge_pages()
 
     def _use_huge_pages(self) -> None:
-        """The item tables, their Adagrad state and the fused step's per-item slots on 2 MB pages (CPU):
-        every step updates random rows of them (see foundation.memory.advise_huge_pages)."""
+        """The item tables and the fused step's per-item slots on 2 MB pages (CPU): every step updates
+        random rows of them (see foundation.memory.advise_huge_pages; the optimiser places its own state)."""
         if self.device.type != "cpu":
             return
-        opt = self.optimizers[0]
         for table in sparse_parameters(self.model):
             advise_huge_pages(table.data)
-            if isinstance(opt, AdagradMomentum):
-                for state in opt.state_for(table).values():
-                    advise_huge_pages(state)
         slot = getattr(self.fused.ops, "slot", None) if self.fused is not None else None
         if slot is not None:
             advise_huge_pages(slot)
