@@ -115,13 +115,12 @@ class ItemCodes:
 
     def finish(self) -> tuple[np.ndarray, pa.Array]:
         """Codes of all events (int32) and the ids (text), both in order of first appearance."""
-        kinds = set(self.kinds)
-        kind = kinds.pop() if len(kinds) == 1 else TEXT
-        if kinds:  # batches of different kinds: their dictionaries as text, then unified
+        mixed = len(set(self.kinds)) > 1
+        if mixed:  # batches of different kinds: their dictionaries as text, then unified
             self.chunks = [pa.DictionaryArray.from_arrays(c.indices, key_text(k, c.dictionary))
                            for c, k in zip(self.chunks, self.kinds)]
         codes, dictionary = unify(self.chunks)
-        return codes, key_text(kind, dictionary)
+        return codes, key_text(TEXT if mixed else self.kinds[0], dictionary)
 
 
 class SessionRuns:
