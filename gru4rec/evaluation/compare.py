@@ -66,7 +66,7 @@ def model_entry(path: str | os.PathLike[str], device, label: str | None = None) 
     epochs = (checkpoint.metadata.get("training") or {}).get("epochs") or []
     info = {
         "model": str(path), "architecture": checkpoint.architecture, "hyperparameters": checkpoint.hyperparameters,
-        "train_seconds": round(sum(float(e.get("seconds", 0.0)) for e in epochs), 1),
+        "train_seconds": round(sum(float(e.get("seconds", 0.0)) for e in epochs), 3),  # as fit_seconds: a tiny run is not 0
     }
     return Entry(label or str(path), model_scorer(checkpoint.model), checkpoint.item_map, checkpoint.item_counts, info)
 
