@@ -449,7 +449,8 @@ def main() -> int:
     parser.add_argument("--rates", nargs="*", type=float, default=[100, 250, 500],
                         help="requests per second (none: only start the server, e.g. for --overlap)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per rate")
-    parser.add_argument("--two-workers", choices=["yes", "no"], default="yes", help="also run (a) with 2 workers + Redis")
+    parser.add_argument("--two-workers", choices=["yes", "no", "only"], default="yes",
+                        help="also run (a) with 2 workers + Redis (only: (a) with 2 workers + Redis alone)")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/gru4rec-serve-latency"))
     parser.add_argument("--prepare-only", action="store_true", help="train the models and stop")
     parser.add_argument("--server-repo", type=Path, default=REPO, help="checkout whose `gru4rec serve` to measure")
@@ -484,8 +485,9 @@ def main() -> int:
     results: list[Result] = []
     for name, model_dir in models.items():
         for scenario in args.scenarios:
-            results += measure(args, name, model_dir, scenario, 1, use_redis=False)
-            if scenario == "click" and args.two_workers == "yes":
+            if not (scenario == "click" and args.two_workers == "only"):
+                results += measure(args, name, model_dir, scenario, 1, use_redis=False)
+            if scenario == "click" and args.two_workers in ("yes", "only"):
                 results += measure(args, name, model_dir, scenario, 2, use_redis=True)
     out = args.results or args.work_dir / "results.json"
     tmp = out.with_suffix(".tmp")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ from service.sessions import Entry, SessionState, SessionStore
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 20  # conditional writes of one request before a 409 (other processes kept winning)
+BACK_OFF_S = 0.0005  # after the n-th conflict in a row (n >= 2), a random wait of up to n times this
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +134,7 @@ class Recommender:
         has not seen) and answer; retried from the stored state when another process wrote first."""
         indices = bundle.catalogue.lookup(items)
         entry = await self.store.read(session_id)
-        for _ in range(MAX_ATTEMPTS):
+        for attempt in range(MAX_ATTEMPTS):
             current = self._usable(bundle, session_id, entry)
             new = items if continues else self._extension(current, items)
             if new is None:  # not a continuation of what we have: start over from the given clicks
@@ -145,12 +147,13 @@ class Recommender:
                 self._count_clicks(len(items), len(unknown))
                 return render(bundle, top, unknown)
             entry = conflict
+            await _back_off(attempt)
         raise SessionConflict(f"session {session_id!r} changed {MAX_ATTEMPTS} times while being updated; retry")
 
     async def _ask_again(self, bundle: ModelBundle, session_id: str, filters: Filters) -> bytes:
         """The stored session's recommendations (e.g. with other filters), without new clicks."""
         entry = await self.store.read(session_id, touch=True)
-        for _ in range(MAX_ATTEMPTS):
+        for attempt in range(MAX_ATTEMPTS):
             current = self._usable(bundle, session_id, entry)
             if current is None:
                 raise UnknownSession(session_id)
@@ -163,6 +166,7 @@ class Recommender:
             if conflict is None:
                 return render(bundle, top, [])
             entry = conflict
+            await _back_off(attempt)
         raise SessionConflict(f"session {session_id!r} changed {MAX_ATTEMPTS} times while being updated; retry")
 
     def _usable(self, bundle: ModelBundle, session_id: str, entry: Entry) -> SessionState | None:
@@ -282,3 +286,12 @@ def render(bundle: ModelBundle, top: TopK, unknown: list[str]) -> bytes:
         "unknown_items": unknown,
         "source": top.source,
     })
+
+
+async def _back_off(attempt: int) -> None:
+    """After the first conflict the request retries at once (the usual case: another process wrote the
+    session since this one last saw it). Writers that keep colliding, such as a session's clicks
+    arriving at several processes at once, wait a random, growing moment, so that they stop computing
+    in lockstep and one after another gets through (without it, one could lose 20 times in a row)."""
+    if attempt:
+        await asyncio.sleep(random.uniform(0, BACK_OFF_S * min(attempt + 1, 10)))

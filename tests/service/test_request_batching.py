@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from service_helpers import client, model_a, model_big, top_ids, top_scores
 
+from gru4rec.training import native
 from service.batcher import Batcher
 from service.engine import Query, RetrievalSettings, load_bundle
 from service.metrics import Metrics
@@ -51,6 +52,18 @@ def test_a_batch_advances_and_ranks_as_one_by_one(bundle):
     h = bundle.session_vectors(states)
     for batched, q, row in zip(bundle.rank(h, queries), queries, h, strict=True):
         _same(batched, bundle.rank(row[None, :], [q])[0])
+
+
+def test_exact_scores_are_the_same_bit_for_bit_alone_or_batched(bundle):
+    """The compiled kernel scores each session in the same order whatever comes with it."""
+    if bundle.out_t is None or native.library() is None:
+        pytest.skip("index-served bundle: exact scoring is the rare fallback there")
+    steps, _ = _random_work(bundle, 11, seed=2)
+    h = bundle.session_vectors(bundle.advance(np.zeros((11, bundle.state_size), dtype=np.float32), steps))
+    queries = [Query(20, exact=True) for _ in steps]
+    for batched, row in zip(bundle.rank(h, queries), h, strict=True):
+        single = bundle.rank(row[None, :], queries[:1])[0]
+        assert batched.indices == single.indices and batched.scores == single.scores
 
 
 def test_the_batcher_gives_every_job_its_own_answer(bundle):

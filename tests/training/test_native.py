@@ -145,6 +145,25 @@ def test_kernels_refuse_tensors_they_would_misread(ops):
                         torch.tensor([0, 1, 2]), None, 0.5)
 
 
+@pytest.mark.parametrize("d, n", [(100, 37_286), (7, 300), (1, 256), (64, 5)])
+def test_item_scores_match_addmm_and_do_not_depend_on_the_batch(ops, d, n):
+    g = torch.Generator().manual_seed(d + n)
+    table_t, bias, h = torch.randn(d, n, generator=g), torch.randn(n, generator=g), torch.randn(9, d, generator=g)
+    scores = native.item_scores(table_t, bias, h)
+    assert close(scores, torch.addmm(bias, h, table_t), 1e-5)
+    for b in (1, 2, 3, 4, 5, 8):  # every group size of the kernel, and groups after a full one
+        assert torch.equal(native.item_scores(table_t, bias, h[:b].contiguous()), scores[:b])
+    for r in range(9):
+        assert torch.equal(native.item_scores(table_t, bias, h[r : r + 1].contiguous()), scores[r : r + 1])
+
+
+def test_item_scores_refuse_tables_that_do_not_fit(ops):
+    with pytest.raises(ValueError, match="do not fit"):
+        native.item_scores(torch.randn(8, 50), torch.randn(50), torch.randn(2, 7))
+    with pytest.raises(ValueError, match="contiguous"):
+        native.item_scores(torch.randn(50, 8).t(), torch.randn(50), torch.randn(2, 8))
+
+
 @pytest.mark.parametrize("loss", ["cross-entropy", "bpr-max"])
 @pytest.mark.parametrize("mode", [dict(), dict(constrained_embedding=False, embedding=7)], ids=["shared", "separate"])
 def test_native_and_pytorch_fused_steps_train_the_same_model(loss, mode):

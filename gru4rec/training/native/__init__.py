@@ -1,4 +1,5 @@
-"""Compiled CPU kernels for the fused training step, built on first use with the system C compiler.
+"""Compiled CPU kernels for the fused training step (and the service's exact scores), built on first use
+with the system C compiler.
 
 A GRU4Rec mini-batch on a CPU is a few hundred microseconds of arithmetic spread over ~100 small
 tensor ops, so per-op overhead and repeated passes over memory dominate. kernels.c does the
@@ -61,6 +62,7 @@ _SIGNATURES = {
     "g4r_adagrad_rows": (_I, [_P, _P, _P, _I, _P, _P, _I, _I, _F, _F, _F]),
     "g4r_output_rows_update": (_I, [_P, _P, _P, _P, _P, _P, _I, _I, _P, _I, _P, _P, _P, _P, _P, _I, _F, _F, _F]),
     "g4r_alias_table": (None, [_P, _I, _P, _P, _P, _P]),
+    "g4r_scores": (None, [_P, _P, _P, _I, _I, _I, _P]),
 }
 
 
@@ -304,3 +306,18 @@ def alias_table(scaled: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     lib.g4r_alias_table(residual.ctypes.data, n, prob.ctypes.data, alias.ctypes.data, scratch[0].ctypes.data,
                         scratch[1].ctypes.data)
     return prob, alias
+
+
+def item_scores(table_t: Tensor, bias: Tensor, h: Tensor) -> Tensor | None:
+    """bias + h @ table_t ([sessions, n_items]) for a few session rows h [sessions, d] against the
+    transposed output table [d, n_items], each row bit for bit the same whatever rows come with it;
+    None when the kernels are not available (the caller uses torch.addmm)."""
+    lib = library()
+    if lib is None:
+        return None
+    d, n = table_t.shape
+    if h.dim() != 2 or h.shape[1] != d or bias.shape != (n,):
+        raise ValueError(f"item_scores: h {tuple(h.shape)}, table {tuple(table_t.shape)}, bias {tuple(bias.shape)} do not fit")
+    out = torch.empty((h.shape[0], n), dtype=torch.float32)
+    lib.g4r_scores(_ptr(table_t), _ptr(bias), _ptr(h), h.shape[0], n, d, _ptr(out))
+    return out

@@ -417,3 +417,66 @@ void g4r_alias_table(double *restrict scaled, int64_t n, double *restrict prob, 
             large[nl++] = g;
     }
 }
+
+/* Scores of every item for a few sessions (the service's exact top-k): out[s, j] = bias[j] +
+ * sum_i H[s, i] * Wt[i, j], with Wt the [d, N] transposed output table. A GEMM library packs its
+ * operands for each call, which for a handful of session rows costs about as much as the product
+ * (MKL scored 2-4 sessions against 37k items at 1.5-2x this loop's time on AMD EPYC): here the table
+ * is streamed once per call, in tiles of SCORE_TILE items whose scores stay in L1 while up to
+ * SCORE_GROUP sessions share each loaded column. Every session's sum is formed in the same order
+ * whatever the batch around it, so a batched score is bit for bit the one-by-one score. */
+#define SCORE_TILE 256
+#define SCORE_GROUP 4
+static inline __attribute__((always_inline)) void score_group(const int64_t S, const float *restrict Wt,
+                                                              const float *restrict H, int64_t N, int64_t d,
+                                                              int64_t j0, int64_t n, float *out) {
+    float *o[SCORE_GROUP];
+    for (int64_t s = 0; s < S; s++)
+        o[s] = out + s * N + j0;
+    int64_t i = 0;
+    for (; i + 2 <= d; i += 2) {
+        const float *wa = Wt + i * N + j0, *wb = wa + N;
+        float a[SCORE_GROUP], b[SCORE_GROUP];
+        for (int64_t s = 0; s < S; s++) {
+            a[s] = H[s * d + i];
+            b[s] = H[s * d + i + 1];
+        }
+#pragma omp simd
+        for (int64_t j = 0; j < n; j++) {
+            const float x = wa[j], y = wb[j];
+            for (int64_t s = 0; s < S; s++)
+                o[s][j] += a[s] * x + b[s] * y;
+        }
+    }
+    if (i < d) {
+        const float *wa = Wt + i * N + j0;
+        float a[SCORE_GROUP];
+        for (int64_t s = 0; s < S; s++)
+            a[s] = H[s * d + i];
+#pragma omp simd
+        for (int64_t j = 0; j < n; j++) {
+            const float x = wa[j];
+            for (int64_t s = 0; s < S; s++)
+                o[s][j] += a[s] * x;
+        }
+    }
+}
+
+void g4r_scores(const float *restrict Wt, const float *restrict bias, const float *restrict H, int64_t b, int64_t N,
+                int64_t d, float *restrict out) {
+    for (int64_t j0 = 0; j0 < N; j0 += SCORE_TILE) {
+        const int64_t n = N - j0 < SCORE_TILE ? N - j0 : SCORE_TILE;
+        for (int64_t s = 0; s < b; s++)
+            memcpy(out + s * N + j0, bias + j0, (size_t)n * sizeof(float));
+        for (int64_t s = 0; s < b; s += SCORE_GROUP) {
+            const float *h = H + s * d;
+            float *o = out + s * N;
+            switch (b - s < SCORE_GROUP ? b - s : SCORE_GROUP) {
+            case 4: score_group(4, Wt, h, N, d, j0, n, o); break;
+            case 3: score_group(3, Wt, h, N, d, j0, n, o); break;
+            case 2: score_group(2, Wt, h, N, d, j0, n, o); break;
+            default: score_group(1, Wt, h, N, d, j0, n, o); break;
+            }
+        }
+    }
+}
