@@ -49,7 +49,10 @@ def test_gradient_of_an_early_position_ignores_later_inputs():
     h = emb + model.pos_emb(torch.arange(6))
     for block in model.blocks:
         h = block(h)
-    model.ln_out(h)[0, 2].sum().backward()
+    out = model.ln_out(h)[0, 2]
+    # a weighted sum: the plain sum of a layer norm's outputs (unit weight) is constant in its input, so its
+    # gradient is zero up to rounding, which some processors round to exactly zero
+    (out * torch.linspace(-1.0, 1.0, out.shape[0])).sum().backward()
     assert emb.grad[0, 3:].abs().max() == 0
     assert emb.grad[0, :3].abs().max() > 0
 
