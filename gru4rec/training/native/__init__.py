@@ -115,7 +115,7 @@ def _build(compiler: str, out_dir: Path) -> Path | None:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    log.warning("could not compile the native training kernels (%s); using the slower PyTorch step", errors[-1][0])
+    log.warning("could not compile the native kernels (%s); training steps and exact scores use PyTorch ops instead", errors[-1][0])
     return None
 
 
@@ -123,16 +123,16 @@ def _build(compiler: str, out_dir: Path) -> Path | None:
 def library() -> ctypes.CDLL | None:
     """The compiled kernels, or None (logged once) when they cannot be had here."""
     if os.environ.get("GRU4REC_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
-        log.info("GRU4REC_NATIVE=0: using the PyTorch training step")
+        log.info("GRU4REC_NATIVE=0: training steps and exact scores use PyTorch ops")
         return None
     compiler = _compiler()
     if compiler is None:
-        log.warning("no C compiler found (set CC); using the slower PyTorch training step")
+        log.warning("no C compiler found (set CC); training steps and exact scores use the slower PyTorch ops")
         return None
     try:
         path = _build(compiler, cache_dir())
     except OSError as exc:  # unwritable cache directory
-        log.warning("could not build the native training kernels in %s (%s); using the PyTorch step", cache_dir(), exc)
+        log.warning("could not build the native kernels in %s (%s); training steps and exact scores use PyTorch ops", cache_dir(), exc)
         return None
     if path is None:
         return None
