@@ -47,11 +47,22 @@ def output_loss(settings: TrainingSettings) -> OutputLoss:
     return OutputLoss(settings.loss, settings.logq, settings.elu_param, settings.bpreg)
 
 
+class TorchProducts:
+    """torch.mm and torch.addmm behind the interface of native.ProductChoice."""
+
+    def __call__(self, A: Tensor, B: Tensor) -> Tensor:
+        return torch.mm(A, B)
+
+    def add(self, bias: Tensor, A: Tensor, B: Tensor) -> Tensor:
+        return torch.addmm(bias, A, B)
+
+
 class TorchOps:
     """The element-wise parts of the step in portable PyTorch: the specification of native.NativeOps."""
 
     def __init__(self, n_items: int, device: torch.device) -> None:
         self.slot = torch.full((n_items,), -1, dtype=torch.long, device=device)
+        self.gru_mm = TorchProducts()
 
     def distinct(
         self, ids: Tensor, first_late: int, W: Tensor | None = None, b: Tensor | None = None
@@ -223,8 +234,8 @@ class FusedStep:
         layers: list[_Layer] = []
         new_hidden: Hidden = []
         for cell, h in zip(self.model.cells, hidden):
-            gi = torch.addmm(cell.bias_ih, x, cell.weight_ih.t())
-            gh = torch.addmm(cell.bias_hh, h, cell.weight_hh.t())
+            gi = self.ops.gru_mm.add(cell.bias_ih, x, cell.weight_ih.t())
+            gh = self.ops.gru_mm.add(cell.bias_hh, h, cell.weight_hh.t())
             mask = self._mask(h, self.p_hidden)
             self.masks.append(mask)
             rz, n, out = self.ops.gru_forward(gi, gh, h, mask)
@@ -255,8 +266,9 @@ class FusedStep:
         dense_grads: list[Tensor] = []
         for cell, layer in zip(reversed(self.model.cells), reversed(layers)):
             dgi, dgh, dbi, dbh = self.ops.gru_backward(dx, layer.mask, layer.h, layer.rz, layer.n, layer.gh)
-            dense_grads = [dgi.t() @ layer.x, dgh.t() @ layer.h, dbi, dbh] + dense_grads
-            dx = dgi @ cell.weight_ih
+            mm = self.ops.gru_mm
+            dense_grads = [mm(dgi.t(), layer.x), mm(dgh.t(), layer.h), dbi, dbh] + dense_grads
+            dx = mm(dgi, cell.weight_ih)
         if self.masks[0] is not None:
             dx = dx * self.masks[0]
         return dense_grads, dx

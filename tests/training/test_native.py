@@ -75,6 +75,51 @@ def test_output_layer_losses(ops, B, H, R, C, loss):
         assert close(g, w, 5e-5), name
 
 
+@pytest.mark.parametrize("B,H,R,C", SHAPES)
+@pytest.mark.parametrize("loss", LOSSES, ids=["xe-logq", "xe", "bprmax-elu", "bprmax"])
+def test_output_layer_losses_through_the_blocked_product(B, H, R, C, loss):
+    ops = native.NativeOps(500)
+    ops.output_mm.fn = native.matmul  # what the step uses where the blocked product is the faster one
+    gen = torch.Generator().manual_seed(B + H + 1)
+    x = torch.randn(B, H, generator=gen)
+    W_rows, b_rows = torch.randn(R, H, generator=gen) * 0.3, torch.randn(R, generator=gen)
+    col_of = torch.randint(0, R, (C,), generator=gen)
+    log_q = torch.randn(C, generator=gen)
+    got = ops.output_grad(loss, x, W_rows, b_rows, col_of, log_q, 1 / B)
+    want = TORCH.output_grad(loss, x, W_rows, b_rows, col_of, log_q, 1 / B)
+    for name, g, w in zip(("loss", "dx", "dW_rows", "db_rows"), got, want):
+        assert close(g, w, 5e-5), name
+
+
+@pytest.mark.parametrize("M,K,N", [(1, 1, 1), (7, 5, 33), (8, 100, 32), (80, 224, 2128), (2080, 32, 100), (33, 61, 65)])
+def test_blocked_product_matches_torch_on_views(M, K, N):
+    gen = torch.Generator().manual_seed(M * K + N)
+    A, B = torch.randn(M, K, generator=gen), torch.randn(K, N, generator=gen)
+    At, Bt = torch.randn(K, M, generator=gen), torch.randn(N, K, generator=gen)
+    wide = torch.randn(M, K + 9, generator=gen)
+    for a, b in [(A, B), (At.t(), B), (A, Bt.t()), (At.t(), Bt.t()), (wide[:, 4 : 4 + K], B)]:  # views read in place
+        assert close(native.matmul(a, b), torch.mm(a, b), 1e-5)
+    with pytest.raises(ValueError, match="float32"):
+        native.matmul(A.double(), B.double())
+    with pytest.raises(ValueError):
+        native.matmul(A, torch.randn(K + 1, N))
+
+
+@pytest.mark.parametrize("setting, expected", [("1", "matmul"), ("0", "mm"), ("auto", None)])
+def test_the_output_product_is_chosen_once_or_forced(monkeypatch, setting, expected):
+    monkeypatch.setenv("GRU4REC_NATIVE_MM", setting)
+    ops = native.NativeOps(50)
+    x, W = torch.randn(4, 8), torch.randn(12, 8)
+    ops.output_grad(LOSSES[0], x, W, torch.zeros(12), torch.arange(12), torch.zeros(12), 0.25)
+    chosen = ops.output_mm.fn
+    assert chosen in (native.matmul, torch.mm)  # chosen at the first product, kept afterwards
+    ops.output_grad(LOSSES[0], x, W, torch.zeros(12), torch.arange(12), torch.zeros(12), 0.25)
+    assert ops.output_mm.fn is chosen and ops.gru_mm.fn is None  # each part chooses on its own shapes
+    if expected is not None:
+        assert chosen.__name__ == expected
+    assert torch.allclose(ops.output_mm.add(torch.ones(3), x[:, :2], W[:3, :2].t()), torch.addmm(torch.ones(3), x[:, :2], W[:3, :2].t()), atol=1e-6)
+
+
 def test_losses_without_a_kernel_are_left_to_autograd(ops):
     x, W = torch.randn(2, 4), torch.randn(3, 4)
     assert ops.output_grad(OutputLoss("top1-max"), x, W, torch.zeros(3), torch.tensor([0, 1, 2]), None, 0.5) is None
@@ -164,10 +209,12 @@ def test_item_scores_refuse_tables_that_do_not_fit(ops):
         native.item_scores(torch.randn(50, 8).t(), torch.randn(50), torch.randn(2, 8))
 
 
+@pytest.mark.parametrize("mm", ["auto", "1"], ids=["mm-chosen", "mm-blocked"])
 @pytest.mark.parametrize("loss", ["cross-entropy", "bpr-max"])
 @pytest.mark.parametrize("mode", [dict(), dict(constrained_embedding=False, embedding=7)], ids=["shared", "separate"])
-def test_native_and_pytorch_fused_steps_train_the_same_model(loss, mode):
+def test_native_and_pytorch_fused_steps_train_the_same_model(loss, mode, mm, monkeypatch):
     """Whole epochs with dropout, two layers and momentum: same losses and weights either way."""
+    monkeypatch.setenv("GRU4REC_NATIVE_MM", mm)
     n_items = 60
     sessions = cyclic(n_items, 80, seed=1, min_clicks=2)
     counts = np.bincount(sessions.items, minlength=n_items) + 1

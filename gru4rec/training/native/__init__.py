@@ -5,8 +5,11 @@ A GRU4Rec mini-batch on a CPU is a few hundred microseconds of arithmetic spread
 tensor ops, so per-op overhead and repeated passes over memory dominate. kernels.c does the
 element-wise parts of a step (GRU gates forward and backward, the cross-entropy and BPR-max losses
 with their gradients scattered to item rows, distinct rows, the Adagrad row update) in one pass
-each; the matrix products stay PyTorch's (MKL / oneDNN), which run them two to three times faster
-than portable C on AVX2 processors. It is plain C with no Python or PyTorch headers, so compiling
+each. The matrix products are PyTorch's (MKL / oneDNN), which on AVX2 processors run them two to
+three times faster than the kernels' blocked product; the output layer's three products use that
+blocked product where it is the faster one (timed on the step's first products: on AMD processors
+with AVX-512, MKL takes its AVX2 path and runs them at less than half its speed;
+GRU4REC_NATIVE_MM=1 or 0 forces the choice). It is plain C with no Python or PyTorch headers, so compiling
 it takes well under a second (torch.compile needs over a minute for a single GRU gate function on
 the same machine, and was no faster); the shared library is cached per source, compiler and CPU in
 `$GRU4REC_CACHE_DIR` (default `~/.cache/gru4rec`) and called through ctypes.
@@ -27,6 +30,8 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import time
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -63,6 +68,7 @@ _SIGNATURES = {
     "g4r_output_rows_update": (_I, [_P, _P, _P, _P, _P, _P, _I, _I, _P, _I, _P, _P, _P, _P, _P, _I, _F, _F, _F]),
     "g4r_alias_table": (None, [_P, _I, _P, _P, _P, _P]),
     "g4r_scores": (None, [_P, _P, _P, _I, _I, _I, _P]),
+    "g4r_mm": (_I, [_I, _I, _I, _P, _I, _I, _P, _I, _I, _P, _I, _I]),
 }
 
 
@@ -173,6 +179,8 @@ class NativeOps:
         self.lib = lib
         self.slot = torch.full((n_items,), -1, dtype=_LONG)
         self.work = torch.empty(0)  # the loss kernels' scratch, kept from step to step
+        self.output_mm = ProductChoice("output layer")  # its three products
+        self.gru_mm = ProductChoice("GRU layers")  # their five products
 
     def _scratch(self, bprmax: bool, B: int, C: int) -> Tensor:
         need = self.lib.g4r_work_floats(int(bprmax), B, C)
@@ -221,7 +229,7 @@ class NativeOps:
         if loss.name not in ("cross-entropy", "bpr-max"):
             return None
         B, R, C = len(x), len(W_rows), len(col_of)
-        OT = torch.mm(W_rows, x.t())  # R x B: the scores of the distinct rows, transposed
+        OT = self.output_mm(W_rows, x.t())  # R x B: the scores of the distinct rows, transposed
         dOT, db_rows = torch.empty(R, B), torch.empty(R)
         work = self._scratch(loss.name == "bpr-max", B, C)
         if loss.name == "cross-entropy":
@@ -234,7 +242,7 @@ class NativeOps:
                                              db_rows.data_ptr())
         if value == -math.inf:
             raise IndexError(f"output layer: {C} columns for {B} rows, or a column's row outside [0, {R})")
-        return torch.tensor(value, dtype=torch.float32), torch.mm(dOT.t(), W_rows), torch.mm(dOT, x), db_rows
+        return torch.tensor(value, dtype=torch.float32), self.output_mm(dOT.t(), W_rows), self.output_mm(dOT, x), db_rows
 
     def gru_backward(
         self, dx: Tensor, mask: Tensor | None, h: Tensor, rz: Tensor, n: Tensor, gh: Tensor
@@ -247,6 +255,64 @@ class NativeOps:
 
 
 _ROW_ZERO = torch.zeros(1, dtype=_LONG)
+
+
+def matmul(A: Tensor, B: Tensor) -> Tensor:
+    """A @ B by the kernels' blocked product; A and B may be transposed views (read in place)."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError("the native kernels are not available")
+    (M, K), (K2, N) = A.shape, B.shape
+    if K != K2 or A.dtype != torch.float32 or B.dtype != torch.float32 or not (A.is_cpu and B.is_cpu):
+        raise ValueError(f"matmul: {A.dtype} {tuple(A.shape)} @ {B.dtype} {tuple(B.shape)} is not a float32 CPU product")
+    C = torch.empty(M, N)
+    if lib.g4r_mm(M, N, K, A.data_ptr(), *A.stride(), B.data_ptr(), *B.stride(), C.data_ptr(), N, 1) != 0:
+        raise MemoryError("matmul: no memory for a panel of B")
+    return C
+
+
+MM_MARGIN = 1.25  # the blocked product is chosen only when this much faster (a near tie keeps PyTorch's)
+
+
+class ProductChoice:
+    """The products of one part of the step: torch.mm or the blocked `matmul`, whichever computes
+    this part's first product faster here (kept from then on; GRU4REC_NATIVE_MM=1 or 0 forces it)."""
+
+    def __init__(self, part: str) -> None:
+        self.part = part
+        self.fn: Callable[[Tensor, Tensor], Tensor] | None = None
+
+    def __call__(self, A: Tensor, B: Tensor) -> Tensor:
+        if self.fn is None:
+            self.fn = _choose_mm(A, B, self.part)
+        return self.fn(A, B)
+
+    def add(self, bias: Tensor, A: Tensor, B: Tensor) -> Tensor:
+        """bias + A @ B (torch.addmm's rounding when PyTorch's product is the chosen one)."""
+        if self.fn is None:
+            self.fn = _choose_mm(A, B, self.part)
+        return torch.addmm(bias, A, B) if self.fn is torch.mm else self.fn(A, B).add_(bias)
+
+
+def _choose_mm(A: Tensor, B: Tensor, part: str) -> Callable[[Tensor, Tensor], Tensor]:
+    """torch.mm or matmul, whichever computes A @ B faster here (GRU4REC_NATIVE_MM=1/0 forces it)."""
+    forced = os.environ.get("GRU4REC_NATIVE_MM", "auto").strip().lower()
+    if forced in ("1", "true", "yes", "on"):
+        return matmul
+    if forced in ("0", "false", "no", "off"):
+        return torch.mm
+    timings = {}
+    for mm in (torch.mm, matmul, torch.mm, matmul):
+        started = time.perf_counter()
+        for _ in range(3):
+            mm(A, B)
+        seconds = (time.perf_counter() - started) / 3
+        timings[mm] = min(seconds, timings.get(mm, math.inf))
+    chosen = matmul if timings[matmul] * MM_MARGIN < timings[torch.mm] else torch.mm
+    log.info("%s products: %s (%s @ %s: blocked kernel %.0f us, PyTorch %.0f us)", part,
+             "the native blocked kernel" if chosen is matmul else "PyTorch's", tuple(A.shape), tuple(B.shape),
+             timings[matmul] * 1e6, timings[torch.mm] * 1e6)
+    return chosen
 
 
 def adagrad_rows(
