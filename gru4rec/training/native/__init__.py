@@ -6,10 +6,10 @@ tensor ops, so per-op overhead and repeated passes over memory dominate. kernels
 element-wise parts of a step (GRU gates forward and backward, the cross-entropy and BPR-max losses
 with their gradients scattered to item rows, distinct rows, the Adagrad row update) in one pass
 each. The matrix products are PyTorch's (MKL / oneDNN), which on AVX2 processors run them two to
-three times faster than the kernels' blocked product; the output layer's three products use that
-blocked product where it is the faster one (timed on the step's first products: on AMD processors
-with AVX-512, MKL takes its AVX2 path and runs them at less than half its speed;
-GRU4REC_NATIVE_MM=1 or 0 forces the choice). It is plain C with no Python or PyTorch headers, so compiling
+three times faster than the kernels' blocked product; the output layer's products and the GRU
+layers' each use that blocked product where it is the faster one (timed on the part's first
+product: on AMD processors with AVX-512, MKL takes its AVX2 path and runs them at less than half
+the blocked product's speed; GRU4REC_NATIVE_MM=1 or 0 forces the choice). It is plain C with no Python or PyTorch headers, so compiling
 it takes well under a second (torch.compile needs over a minute for a single GRU gate function on
 the same machine, and was no faster); the shared library is cached per source, compiler and CPU in
 `$GRU4REC_CACHE_DIR` (default `~/.cache/gru4rec`) and called through ctypes.
@@ -283,15 +283,17 @@ class ProductChoice:
         self.fn: Callable[[Tensor, Tensor], Tensor] | None = None
 
     def __call__(self, A: Tensor, B: Tensor) -> Tensor:
-        if self.fn is None:
-            self.fn = _choose_mm(A, B, self.part)
-        return self.fn(A, B)
+        return self._chosen(A, B)(A, B)
 
     def add(self, bias: Tensor, A: Tensor, B: Tensor) -> Tensor:
         """bias + A @ B (torch.addmm's rounding when PyTorch's product is the chosen one)."""
+        fn = self._chosen(A, B)
+        return torch.addmm(bias, A, B) if fn is torch.mm else fn(A, B).add_(bias)
+
+    def _chosen(self, A: Tensor, B: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
         if self.fn is None:
             self.fn = _choose_mm(A, B, self.part)
-        return torch.addmm(bias, A, B) if self.fn is torch.mm else self.fn(A, B).add_(bias)
+        return self.fn
 
 
 def _choose_mm(A: Tensor, B: Tensor, part: str) -> Callable[[Tensor, Tensor], Tensor]:

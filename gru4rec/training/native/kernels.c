@@ -3,8 +3,8 @@
  * Each function does in one pass over memory what the portable PyTorch code (fused.TorchOps,
  * losses.*_grad, optim.AdagradMomentum) does with several tensor ops; the PyTorch code is the
  * specification and the tests compare the two. Matrix products are PyTorch's (MKL / oneDNN), except
- * the output layer's three where g4r_mm, measured against them on the step's own shapes, is faster
- * (AVX-512 AMD processors, where MKL takes its AVX2 path; see docs/results.md).
+ * where g4r_mm, timed against them on the step's own shapes, is faster (AVX-512 AMD processors,
+ * where MKL takes its AVX2 path; see docs/results.md). g4r_scores serves the service's exact top-k.
  *
  * Plain C99 with no Python or PyTorch headers: the module is compiled on first use in well under a
  * second and called through ctypes with raw pointers. All matrices are dense, row-major, float32;
@@ -418,15 +418,15 @@ void g4r_alias_table(double *restrict scaled, int64_t n, double *restrict prob, 
     }
 }
 
-/* ---- the output layer's matrix products, for processors where the BLAS is slow at these shapes ----
+/* ---- the step's matrix products, for processors where the BLAS is slow at these shapes ----
  * C[M x N] = A[M x K] B[K x N], every matrix given by its two strides, so transposed views need no
  * copies. MR x NR blocks of C stay in registers (16 AVX-512 registers' worth) while k runs over a
  * K x NR panel of B; a panel is read in place when B's rows are contiguous and otherwise copied
- * (zero-padded to NR for the last, narrower one). On AMD EPYC with AVX-512 this runs the step's three
- * output-layer products at 145-230 GFLOP/s where MKL, which takes its AVX2 path on AMD processors,
- * runs them at 80-100; on AVX2 processors it is 2-3x slower than MKL (the block spills). So the step
- * times both on its own shapes and keeps the faster (native.NativeOps.mm). Returns 0, or -1 when the
- * panel cannot be allocated. */
+ * (zero-padded to NR for the last, narrower one). On AMD EPYC with AVX-512 this runs the step's
+ * products at 145-230 GFLOP/s where MKL, which takes its AVX2 path on AMD processors, runs them at
+ * 80-100; on AVX2 processors it is 2-3x slower than MKL (the block spills). So each part of the step
+ * times both on its own shapes and keeps the faster (native.ProductChoice). Returns 0, or -1 when
+ * the panel cannot be allocated. */
 #define MR 8
 #define NR 32
 
@@ -511,21 +511,7 @@ static inline __attribute__((always_inline)) void score_group(const int64_t S, c
                 o[s][j] += (a[s] * x + b[s] * y) + (c[s] * z + e[s] * u);
         }
     }
-    for (; i + 2 <= d; i += 2) {
-        const float *wa = Wt + i * N + j0, *wb = wa + N;
-        float a[SCORE_GROUP], b[SCORE_GROUP];
-        for (int64_t s = 0; s < S; s++) {
-            a[s] = H[s * d + i];
-            b[s] = H[s * d + i + 1];
-        }
-#pragma omp simd
-        for (int64_t j = 0; j < n; j++) {
-            const float x = wa[j], y = wb[j];
-            for (int64_t s = 0; s < S; s++)
-                o[s][j] += a[s] * x + b[s] * y;
-        }
-    }
-    if (i < d) {
+    for (; i < d; i++) {
         const float *wa = Wt + i * N + j0;
         float a[SCORE_GROUP];
         for (int64_t s = 0; s < S; s++)
