@@ -15,7 +15,7 @@ latter is the steadier.
 different amounts: the least CPU time per mini-batch of each step over R interleaved passes over the
 same first mini-batches of the epoch (`--steps`, 300), i.e. each step's speed in its quietest pass.
 It also times the fast step's matrix products alone (PyTorch's profiler, one pass, plus the kernels'
-blocked product where the step chose it for the output layer): no rewrite of the rest of the step
+blocked product where a part of the step chose it): no rewrite of the rest of the step
 can take the ratio fast / eager above eager / products with those products on that processor.
 
 Data: rsc15_100k train_full (70,278 events, 2,933 items) from ../shared/data, or any session file;
