@@ -430,8 +430,10 @@ void g4r_alias_table(double *restrict scaled, int64_t n, double *restrict prob, 
 #define MR 8
 #define NR 32
 
-static void mm_block(int64_t mr, int64_t nr, int64_t K, const float *const *a, int64_t sak, const float *restrict B,
-                     int64_t ldb, float *restrict C, int64_t sci, int64_t scj) {
+/* W columns of B at a time (W = NR, or NR / 2 for a last panel at most that wide: no work on padding) */
+static inline __attribute__((always_inline)) void mm_block(const int W, int64_t mr, int64_t nr, int64_t K,
+                                                           const float *const *a, int64_t sak, const float *restrict B,
+                                                           int64_t ldb, float *restrict C, int64_t sci, int64_t scj) {
     float acc[MR][NR];
     memset(acc, 0, sizeof acc);
     for (int64_t k = 0; k < K; ++k) {
@@ -439,7 +441,7 @@ static void mm_block(int64_t mr, int64_t nr, int64_t K, const float *const *a, i
         for (int ii = 0; ii < MR; ++ii) {
             const float v = a[ii][k * sak];
 #pragma omp simd
-            for (int jj = 0; jj < NR; ++jj)
+            for (int jj = 0; jj < W; ++jj)
                 acc[ii][jj] += v * b[jj];
         }
     }
@@ -472,7 +474,10 @@ int64_t g4r_mm(int64_t M, int64_t N, int64_t K, const float *A, int64_t sai, int
             const float *a[MR];
             for (int ii = 0; ii < MR; ++ii) /* rows past M repeat the last one; their sums are dropped */
                 a[ii] = A + (i + (ii < mr ? ii : mr - 1)) * sai;
-            mm_block(mr, nr, K, a, sak, Bj, ldb, C + i * sci + j * scj, sci, scj);
+            if (nr <= NR / 2)
+                mm_block(NR / 2, mr, nr, K, a, sak, Bj, ldb, C + i * sci + j * scj, sci, scj);
+            else
+                mm_block(NR, mr, nr, K, a, sak, Bj, ldb, C + i * sci + j * scj, sci, scj);
         }
     }
     free(panel);
