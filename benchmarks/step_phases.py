@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from gru4rec.data.sessions import Sessions
+from gru4rec.training import native
 from gru4rec.training.batching import session_parallel_steps
 from gru4rec.training.params import load_params
 from gru4rec.training.trainer import Trainer
@@ -75,6 +76,7 @@ def main() -> None:
             timed(spent, lib, name, f"kernel {name}")
     timed(spent, torch, "mm", "torch.mm")
     timed(spent, torch, "addmm", "torch.addmm")
+    timed(spent, native, "matmul", "native.matmul (blocked products, where a part of the step chose them)")
     for name in ("_rows", "_forward", "_output", "_backward"):
         timed(spent, trainer.fused, name, f"step.{name}")
     timed(spent, trainer, "batch", "trainer.batch (negatives, logQ)")
