@@ -90,7 +90,10 @@ class ModelBundle:
         self.weights = model.Wy.weight.detach()  # [n_items, layer]
         self.bias = model.By.weight.detach()[:, 0].contiguous()
         self.bias_column = model.By.weight.detach()  # [n_items, 1]
-        self.out_t: torch.Tensor | None = None  # [layer, n_items] copy, kept when exact scoring is the hot path
+        # kept when exact scoring is the hot path: the table in the compiled kernel's layout, or else
+        # a [layer, n_items] copy for MKL
+        self.score_table: native.ScoreTable | None = None
+        self.out_t: torch.Tensor | None = None
         self.item_counts = _check_counts(checkpoint.item_counts, self.n_items, source)
         counts = self.item_counts.astype(np.float64)
         self.popular_order = np.lexsort((np.arange(self.n_items), -counts)).astype(np.int64)
@@ -103,8 +106,10 @@ class ModelBundle:
     def prepare_retrieval(self, settings: RetrievalSettings, cache: IndexCache, dir_fd: int | None, threads: int = 1) -> None:
         """Exact scoring (with a transposed copy: one fast GEMM row per request), or a top-k index."""
         if not settings.wants_index(self.n_items):
-            # h @ W^T as one GEMM over a [layer, n_items] contiguous copy: ~2x faster than the transposed view
-            self.out_t = self.weights.T.contiguous()
+            if native.library() is not None:  # the table in the compiled kernel's layout
+                self.score_table = native.ScoreTable(self.weights, self.bias)
+            else:  # h @ W^T as one GEMM over a [layer, n_items] contiguous copy: ~2x faster than the transposed view
+                self.out_t = self.weights.T.contiguous()
             self.retrieval_note = "exact" if settings.mode == "exact" else f"exact (catalogue under {settings.min_items} items)"
             return
         params = IndexParams.for_catalogue(self.n_items, settings.nprobe, settings.candidates)
@@ -177,21 +182,20 @@ class ModelBundle:
         return out  # type: ignore[return-value]
 
     def _rank_exact(self, h: np.ndarray, queries: Sequence[Query]) -> list[TopK]:
-        """Every item scored. With the [layer, n_items] copy and the compiled kernels: the kernel's
-        one pass over the copy for all sessions. rank() of 2-8 sessions against 37k items takes
-        1.4-1.8x less time than through MKL, a lone session 1.2x more (AMD EPYC); kept for one
-        session too, so that a session's scores are the same bit for bit whatever traffic it is
-        batched with. Otherwise MKL: one session as a row times the copy (its fastest
-        matrix-vector form); several as the [n_items, layer] table times the sessions' columns,
-        with top-k down the columns."""
+        """Every item scored. With the compiled kernels: one pass over the table in the kernel's
+        layout for all sessions (a batch of 2 sessions costs about what one does: memory traffic,
+        not arithmetic) and a heap-based top-k, each session's scores the same bit for bit whatever
+        traffic it is batched with. Otherwise MKL: one session as a row times the transposed copy
+        (its fastest matrix-vector form); several as the [n_items, layer] table times the sessions'
+        columns, with top-k down the columns."""
         k = min(max(q.k for q in queries), self.n_items)
         exclusions = [q.exclude for q in queries]
         with torch.inference_mode():
             ht = torch.from_numpy(np.ascontiguousarray(h))
-            scores = None if self.out_t is None else native.item_scores(self.out_t, self.bias, ht)
-            if scores is not None:
+            if self.score_table is not None:
+                scores = self.score_table.scores(ht)
                 _mask(scores, exclusions)
-                values, picked = torch.topk(scores, k)
+                values, picked = native.top_k(scores, k)
             elif len(h) == 1 and self.out_t is not None:
                 scores = torch.addmm(self.bias, ht, self.out_t)
                 _mask(scores, exclusions)
@@ -261,8 +265,7 @@ class ModelBundle:
         states = self.advance(np.zeros((steps, self.state_size), dtype=np.float32), items)
         h = self.session_vectors(states)
         with torch.inference_mode():
-            table = self.out_t if self.out_t is not None else self.weights.T
-            finite = bool(torch.isfinite(torch.addmm(self.bias, torch.from_numpy(np.ascontiguousarray(h)), table)).all())
+            finite = bool(torch.isfinite(torch.addmm(self.bias, torch.from_numpy(np.ascontiguousarray(h)), self.weights.T)).all())
         if not finite:
             raise ModelUnavailable(f"{self.source}: the model gives non-finite scores (its weights overflow); retrain it")
         queries = [Query(k, exclude=np.array([0], dtype=np.int64), exact=s % 2 == 1) for s in range(steps)]

@@ -58,7 +58,7 @@ def test_exact_scores_are_the_same_bit_for_bit_alone_or_batched():
     """The compiled kernel scores each session in the same order whatever comes with it."""
     assert native.library() is not None, "the native kernels must build here (a C compiler is part of the set-up)"
     bundle = load_bundle(model_big(), RetrievalSettings(mode="exact"), warmup_steps=1)
-    assert bundle.out_t is not None
+    assert bundle.score_table is not None
     steps, _ = _random_work(bundle, 11, seed=2)
     h = bundle.session_vectors(bundle.advance(np.zeros((11, bundle.state_size), dtype=np.float32), steps))
     queries = [Query(20, exact=True) for _ in steps]

@@ -178,23 +178,55 @@ def test_kernels_refuse_tensors_they_would_misread(ops):
                         torch.tensor([0, 1, 2]), None, 0.5)
 
 
-@pytest.mark.parametrize("d, n", [(100, 37_286), (7, 300), (1, 256), (64, 5)])
-def test_item_scores_match_addmm_and_do_not_depend_on_the_batch(ops, d, n):
+@pytest.mark.parametrize("d, n", [(100, 37_286), (7, 300), (1, 256), (64, 5), (3, 65)])
+def test_score_table_matches_addmm_and_does_not_depend_on_the_batch(ops, d, n):
     g = torch.Generator().manual_seed(d + n)
-    table_t, bias, h = torch.randn(d, n, generator=g), torch.randn(n, generator=g), torch.randn(9, d, generator=g)
-    scores = native.item_scores(table_t, bias, h)
-    assert close(scores, torch.addmm(bias, h, table_t), 1e-5)
+    weights, bias, h = torch.randn(n, d, generator=g), torch.randn(n, generator=g), torch.randn(9, d, generator=g)
+    table = native.ScoreTable(weights, bias)
+    scores = table.scores(h)
+    assert scores.shape == (9, n) and close(scores, torch.addmm(bias, h, weights.t()), 1e-5)
     for b in (1, 2, 3, 4, 5, 8):  # every group size of the kernel, and groups after a full one
-        assert torch.equal(native.item_scores(table_t, bias, h[:b].contiguous()), scores[:b])
+        assert torch.equal(table.scores(h[:b].contiguous()), scores[:b])
     for r in range(9):
-        assert torch.equal(native.item_scores(table_t, bias, h[r : r + 1].contiguous()), scores[r : r + 1])
+        assert torch.equal(table.scores(h[r : r + 1].contiguous()), scores[r : r + 1])
 
 
-def test_item_scores_refuse_tables_that_do_not_fit(ops):
-    with pytest.raises(ValueError, match="do not fit"):
-        native.item_scores(torch.randn(8, 50), torch.randn(50), torch.randn(2, 7))
+def test_score_table_refuses_sessions_that_do_not_fit(ops):
+    table = native.ScoreTable(torch.randn(50, 8), torch.randn(50))
+    with pytest.raises(ValueError, match="does not fit"):
+        table.scores(torch.randn(2, 7))
     with pytest.raises(ValueError, match="contiguous"):
-        native.item_scores(torch.randn(50, 8).t(), torch.randn(50), torch.randn(2, 8))
+        table.scores(torch.randn(8, 2).t())
+    with pytest.raises(ValueError, match="do not fit"):
+        native.ScoreTable(torch.randn(50, 8), torch.randn(49))
+
+
+def _top_k_by_sorting(row: np.ndarray, k: int) -> tuple[list[float], list[int]]:
+    """The definition: higher score first, then lower index; NaN as -inf."""
+    clean = np.where(np.isnan(row), -np.inf, row)
+    order = np.lexsort((np.arange(len(row)), -clean))[:k]
+    return clean[order].tolist(), order.tolist()
+
+
+@pytest.mark.parametrize("n, k", [(37_286, 20), (100, 100), (17, 1), (40, 33), (1, 1), (5, 0)])
+def test_top_k_is_the_best_k_in_order_with_ties_to_the_lower_index(ops, n, k):
+    g = torch.Generator().manual_seed(n + k)
+    scores = torch.randint(-50, 50, (4, n), generator=g).float() / 8  # many ties
+    scores[1] = torch.randn(n, generator=g)  # none
+    scores[2, ::3] = -math.inf  # excluded items
+    scores[3, 1::4] = math.nan
+    values, indices = native.top_k(scores, k)
+    for r in range(4):
+        want_values, want_indices = _top_k_by_sorting(scores[r].numpy(), k)
+        assert indices[r].tolist() == want_indices
+        assert values[r].tolist() == want_values
+    expected_values, _ = torch.topk(scores[1], k)
+    assert torch.equal(values[1], expected_values)
+
+
+def test_top_k_refuses_more_than_there_are(ops):
+    with pytest.raises(ValueError, match="k = 6 of 5"):
+        native.top_k(torch.randn(2, 5), 6)
 
 
 @pytest.mark.parametrize("mm", ["auto", "1"], ids=["mm-chosen", "mm-blocked"])

@@ -67,7 +67,9 @@ _SIGNATURES = {
     "g4r_adagrad_rows": (_I, [_P, _P, _P, _I, _P, _P, _I, _I, _F, _F, _F]),
     "g4r_output_rows_update": (_I, [_P, _P, _P, _P, _P, _P, _I, _I, _P, _I, _P, _P, _P, _P, _P, _I, _F, _F, _F]),
     "g4r_alias_table": (None, [_P, _I, _P, _P, _P, _P]),
+    "g4r_score_panel": (_I, []),
     "g4r_scores": (None, [_P, _P, _P, _I, _I, _I, _P]),
+    "g4r_topk": (None, [_P, _I, _I, _I, _P, _P]),
     "g4r_mm": (_I, [_I, _I, _I, _P, _I, _I, _P, _I, _I, _P, _I, _I]),
 }
 
@@ -376,16 +378,46 @@ def alias_table(scaled: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     return prob, alias
 
 
-def item_scores(table_t: Tensor, bias: Tensor, h: Tensor) -> Tensor | None:
-    """bias + h @ table_t ([sessions, n_items]) for a few session rows h [sessions, d] against the
-    transposed output table [d, n_items], each row bit for bit the same whatever rows come with it;
-    None when the kernels are not available (the caller uses torch.addmm)."""
+class ScoreTable:
+    """The output layer (item rows W [n_items, d] and their bias) laid out for the service's exact
+    scores: panels of a few dozen items, each [d, panel] and contiguous, read by g4r_scores in one
+    stream per batch of sessions. The same memory as the table, plus one panel's padding."""
+
+    def __init__(self, weights: Tensor, bias: Tensor) -> None:
+        lib = library()
+        if lib is None:
+            raise RuntimeError("the native kernels are not available")
+        n, d = weights.shape
+        if weights.dtype != torch.float32 or bias.shape != (n,):
+            raise ValueError(f"ScoreTable: weights {weights.dtype} {tuple(weights.shape)} and bias {tuple(bias.shape)} do not fit")
+        width = int(lib.g4r_score_panel())
+        padded = -(-n // width) * width
+        rows = torch.zeros(padded, d)
+        rows[:n] = weights
+        self.panels = rows.view(padded // width, width, d).transpose(1, 2).contiguous()  # [n / width, d, width]
+        self.bias = torch.zeros(padded)
+        self.bias[:n] = bias
+        self.n_items, self.dim = n, d
+
+    def scores(self, h: Tensor) -> Tensor:
+        """bias + h @ W.T ([sessions, n_items]) for session rows h [sessions, d]; each row bit for bit
+        the same whatever rows come with it."""
+        if h.dim() != 2 or h.shape[1] != self.dim:
+            raise ValueError(f"ScoreTable.scores: h {tuple(h.shape)} does not fit a table of dimension {self.dim}")
+        out = torch.empty((h.shape[0], self.n_items), dtype=torch.float32)
+        library().g4r_scores(_ptr(self.panels), _ptr(self.bias), _ptr(h), h.shape[0], self.n_items, self.dim, _ptr(out))
+        return out
+
+
+def top_k(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The k best of each row of scores [rows, n] (k <= n): values and indices [rows, k], best first,
+    equal scores by lower index (NaN counts as -inf); torch.topk's results where no scores tie."""
     lib = library()
     if lib is None:
-        return None
-    d, n = table_t.shape
-    if h.dim() != 2 or h.shape[1] != d or bias.shape != (n,):
-        raise ValueError(f"item_scores: h {tuple(h.shape)}, table {tuple(table_t.shape)}, bias {tuple(bias.shape)} do not fit")
-    out = torch.empty((h.shape[0], n), dtype=torch.float32)
-    lib.g4r_scores(_ptr(table_t), _ptr(bias), _ptr(h), h.shape[0], n, d, _ptr(out))
-    return out
+        raise RuntimeError("the native kernels are not available")
+    rows, n = scores.shape
+    if not 0 <= k <= n:
+        raise ValueError(f"top_k: k = {k} of {n} scores")
+    values, indices = torch.empty((rows, k)), torch.empty((rows, k), dtype=_LONG)
+    lib.g4r_topk(_ptr(scores), rows, n, k, _ptr(values), _ptr(indices, _LONG))
+    return values, indices
