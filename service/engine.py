@@ -104,7 +104,7 @@ class ModelBundle:
 
     # -- retrieval -------------------------------------------------------------------------------
     def prepare_retrieval(self, settings: RetrievalSettings, cache: IndexCache, dir_fd: int | None, threads: int = 1) -> None:
-        """Exact scoring (with a transposed copy: one fast GEMM row per request), or a top-k index."""
+        """Exact scoring (the table in the compiled kernel's layout, or a transposed copy for MKL), or a top-k index."""
         if not settings.wants_index(self.n_items):
             if native.library() is not None:  # the table in the compiled kernel's layout
                 self.score_table = native.ScoreTable(self.weights, self.bias)
