@@ -201,6 +201,35 @@ def test_score_table_refuses_sessions_that_do_not_fit(ops):
         native.ScoreTable(torch.randn(50, 8), torch.randn(49))
 
 
+@pytest.fixture
+def without_avx512(monkeypatch, tmp_path):
+    """The kernels as built for a processor without AVX-512 (narrower score panels, groups of three)."""
+    import platform
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("an x86 option")
+    monkeypatch.setenv("GRU4REC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(native, "TUNING_FLAGS", [["-march=native", "-mno-avx512f"]])
+    native.library.cache_clear()
+    try:
+        assert native.library() is not None
+        yield
+    finally:
+        native.library.cache_clear()
+
+
+def test_score_table_without_avx512_is_the_same_computation(ops, without_avx512):
+    assert native.library().g4r_score_panel() == 32
+    g = torch.Generator().manual_seed(3)
+    weights, bias, h = torch.randn(1_000, 24, generator=g), torch.randn(1_000, generator=g), torch.randn(7, 24, generator=g)
+    table = native.ScoreTable(weights, bias)
+    scores = table.scores(h)
+    assert close(scores, torch.addmm(bias, h, weights.t()), 1e-5)
+    for b in (1, 2, 3, 4, 7):
+        assert torch.equal(table.scores(h[:b].contiguous()), scores[:b])
+    assert torch.equal(native.top_k(scores, 20)[1], torch.topk(scores, 20)[1])
+
+
 def _top_k_by_sorting(row: np.ndarray, k: int) -> tuple[list[float], list[int]]:
     """The definition: higher score first, then lower index; NaN as -inf."""
     clean = np.where(np.isnan(row), -np.inf, row)
