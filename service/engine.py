@@ -182,10 +182,10 @@ class ModelBundle:
         return out  # type: ignore[return-value]
 
     def _rank_exact(self, h: np.ndarray, queries: Sequence[Query]) -> list[TopK]:
-        """Every item scored. With the compiled kernels: one pass over the table in the kernel's
-        layout for all sessions (a batch of 2 sessions costs about what one does: memory traffic,
-        not arithmetic) and a heap-based top-k, each session's scores the same bit for bit whatever
-        traffic it is batched with. Otherwise MKL: one session as a row times the transposed copy
+        """Every item scored. With the compiled kernels: one pass over a bfloat16 copy of the table
+        for all sessions (half the memory traffic, which is the cost), then the items that the
+        approximation's error bounds cannot rule out scored exactly: the float32 top-k, each
+        session's answer the same bit for bit whatever traffic it is batched with. Otherwise MKL: one session as a row times the transposed copy
         (its fastest matrix-vector form); several as the [n_items, layer] table times the sessions'
         columns, with top-k down the columns."""
         k = min(max(q.k for q in queries), self.n_items)
@@ -193,9 +193,9 @@ class ModelBundle:
         with torch.inference_mode():
             ht = torch.from_numpy(np.ascontiguousarray(h))
             if self.score_table is not None:
-                scores = self.score_table.scores(ht)
-                _mask(scores, exclusions)
-                values, picked = native.top_k(scores, k)
+                approx = self.score_table.screen(ht)
+                _mask(approx, exclusions)
+                values, picked = self.score_table.top_k(approx, ht, k)
             elif len(h) == 1 and self.out_t is not None:
                 scores = torch.addmm(self.bias, ht, self.out_t)
                 _mask(scores, exclusions)

@@ -178,25 +178,84 @@ def test_kernels_refuse_tensors_they_would_misread(ops):
                         torch.tensor([0, 1, 2]), None, 0.5)
 
 
+def _exact_top_k(weights: torch.Tensor, bias: torch.Tensor, h: torch.Tensor, k: int, excluded=()) -> tuple[list, list]:
+    """The definition, in float64: higher score first, then lower index; excluded items left out."""
+    scores = (h.double() @ weights.double().T + bias.double()).numpy()
+    scores[list(excluded)] = -np.inf
+    order = np.lexsort((np.arange(len(scores)), -scores))[:k]
+    order = [int(j) for j in order if scores[j] > -np.inf]
+    return order, scores[order].tolist()
+
+
+def _table_top_k(table: native.ScoreTable, h: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return table.top_k(table.screen(h), h, k)
+
+
 @pytest.mark.parametrize("d, n", [(100, 37_286), (7, 300), (1, 256), (64, 5), (3, 65)])
-def test_score_table_matches_addmm_and_does_not_depend_on_the_batch(ops, d, n):
+def test_score_table_gives_the_exact_top_k_whatever_the_batch(ops, d, n):
     g = torch.Generator().manual_seed(d + n)
     weights, bias, h = torch.randn(n, d, generator=g), torch.randn(n, generator=g), torch.randn(9, d, generator=g)
     table = native.ScoreTable(weights, bias)
-    scores = table.scores(h)
-    assert scores.shape == (9, n) and close(scores, torch.addmm(bias, h, weights.t()), 1e-5)
-    for b in (1, 2, 3, 4, 5, 8):  # every group size of the kernel, and groups after a full one
-        assert torch.equal(table.scores(h[:b].contiguous()), scores[:b])
+    k = min(20, n)
+    values, indices = _table_top_k(table, h, k)
     for r in range(9):
-        assert torch.equal(table.scores(h[r : r + 1].contiguous()), scores[r : r + 1])
+        order, scores = _exact_top_k(weights, bias, h[r], k)
+        assert indices[r].tolist() == order
+        assert np.allclose(values[r].numpy(), scores, rtol=1e-5, atol=1e-5)
+    for b in (1, 2, 3, 4, 5, 8):  # every group size of the kernel, and groups after a full one
+        sub = _table_top_k(table, h[:b].contiguous(), k)
+        assert torch.equal(sub[0], values[:b]) and torch.equal(sub[1], indices[:b])
+    for r in range(9):
+        alone = _table_top_k(table, h[r : r + 1].contiguous(), k)
+        assert torch.equal(alone[0], values[r : r + 1]) and torch.equal(alone[1], indices[r : r + 1])
 
 
-def test_score_table_refuses_sessions_that_do_not_fit(ops):
+def test_score_table_is_exact_where_bfloat16_cannot_tell_items_apart(ops):
+    """Items a thousandth apart (bfloat16 keeps 8 bits) and exact duplicates (ties: the lower index first)."""
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(1, 48, generator=g)
+    weights = base * (1 + 1e-3 * torch.randn(400, 1, generator=g)) + 1e-4 * torch.randn(400, 48, generator=g)
+    weights[200:260] = weights[100:160]  # duplicates of other rows
+    bias = torch.zeros(400)
+    bias[200:260] = bias[100:160]
+    h = torch.cat([base, -base, torch.randn(2, 48, generator=g)])
+    table, every_item = native.ScoreTable(weights, bias), native.ScoreTable(weights, bias)
+    every_item.c, every_item.c_max = torch.full_like(every_item.c, math.inf), math.inf  # no item ruled out: all scored exactly
+    for k in (1, 20, 400):
+        values, indices = _table_top_k(table, h, k)
+        assert torch.equal(values, _table_top_k(every_item, h, k)[0])
+        assert torch.equal(indices, _table_top_k(every_item, h, k)[1])
+        for r in range(len(h)):
+            order, scores = _exact_top_k(weights, bias, h[r], k)
+            assert np.allclose(values[r].numpy(), scores, rtol=1e-5, atol=1e-5)
+            assert indices[r, : min(k, 10)].tolist() == order[:10]  # the float32 and float64 orders part only in near-ties
+    duplicates = indices[0].tolist()
+    assert all(duplicates.index(j) < duplicates.index(j + 100) for j in range(100, 160))  # ties: the lower index first
+
+
+def test_score_table_leaves_out_excluded_items(ops):
+    g = torch.Generator().manual_seed(6)
+    weights, bias, h = torch.randn(50, 8, generator=g), torch.randn(50, generator=g), torch.randn(2, 8, generator=g)
+    table = native.ScoreTable(weights, bias)
+    approx = table.screen(h)
+    best = _exact_top_k(weights, bias, h[0], 10)[0]
+    approx[0, best[:5]] = -math.inf  # the five best
+    approx[1, 3:] = -math.inf  # all but three
+    approx[1, 0] = math.nan  # counts as excluded
+    values, indices = table.top_k(approx, h, 10)
+    assert indices[0].tolist() == _exact_top_k(weights, bias, h[0], 10, best[:5])[0]
+    assert indices[1, :2].tolist() == _exact_top_k(weights, bias, h[1], 2, [0, *range(3, 50)])[0]
+    assert values[1, 2:].tolist() == [-math.inf] * 8
+
+
+def test_score_table_refuses_what_does_not_fit(ops):
     table = native.ScoreTable(torch.randn(50, 8), torch.randn(50))
     with pytest.raises(ValueError, match="does not fit"):
-        table.scores(torch.randn(2, 7))
+        table.screen(torch.randn(2, 7))
     with pytest.raises(ValueError, match="contiguous"):
-        table.scores(torch.randn(8, 2).t())
+        table.screen(torch.randn(8, 2).t())
+    with pytest.raises(ValueError, match="k = 51"):
+        table.top_k(torch.zeros(2, 50), torch.randn(2, 8), 51)
     with pytest.raises(ValueError, match="do not fit"):
         native.ScoreTable(torch.randn(50, 8), torch.randn(49))
 
@@ -223,39 +282,12 @@ def test_score_table_without_avx512_is_the_same_computation(ops, without_avx512)
     g = torch.Generator().manual_seed(3)
     weights, bias, h = torch.randn(1_000, 24, generator=g), torch.randn(1_000, generator=g), torch.randn(7, 24, generator=g)
     table = native.ScoreTable(weights, bias)
-    scores = table.scores(h)
-    assert close(scores, torch.addmm(bias, h, weights.t()), 1e-5)
+    values, indices = _table_top_k(table, h, 20)
     for b in (1, 2, 3, 4, 7):
-        assert torch.equal(table.scores(h[:b].contiguous()), scores[:b])
-    assert torch.equal(native.top_k(scores, 20)[1], torch.topk(scores, 20)[1])
-
-
-def _top_k_by_sorting(row: np.ndarray, k: int) -> tuple[list[float], list[int]]:
-    """The definition: higher score first, then lower index; NaN as -inf."""
-    clean = np.where(np.isnan(row), -np.inf, row)
-    order = np.lexsort((np.arange(len(row)), -clean))[:k]
-    return clean[order].tolist(), order.tolist()
-
-
-@pytest.mark.parametrize("n, k", [(37_286, 20), (100, 100), (17, 1), (40, 33), (1, 1), (5, 0)])
-def test_top_k_is_the_best_k_in_order_with_ties_to_the_lower_index(ops, n, k):
-    g = torch.Generator().manual_seed(n + k)
-    scores = torch.randint(-50, 50, (4, n), generator=g).float() / 8  # many ties
-    scores[1] = torch.randn(n, generator=g)  # none
-    scores[2, ::3] = -math.inf  # excluded items
-    scores[3, 1::4] = math.nan
-    values, indices = native.top_k(scores, k)
-    for r in range(4):
-        want_values, want_indices = _top_k_by_sorting(scores[r].numpy(), k)
-        assert indices[r].tolist() == want_indices
-        assert values[r].tolist() == want_values
-    expected_values, _ = torch.topk(scores[1], k)
-    assert torch.equal(values[1], expected_values)
-
-
-def test_top_k_refuses_more_than_there_are(ops):
-    with pytest.raises(ValueError, match="k = 6 of 5"):
-        native.top_k(torch.randn(2, 5), 6)
+        sub = _table_top_k(table, h[:b].contiguous(), 20)
+        assert torch.equal(sub[0], values[:b]) and torch.equal(sub[1], indices[:b])
+    for r in range(7):
+        assert indices[r].tolist() == _exact_top_k(weights, bias, h[r], 20)[0]
 
 
 @pytest.mark.parametrize("mm", ["auto", "1"], ids=["mm-chosen", "mm-blocked"])

@@ -30,6 +30,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from functools import cache
@@ -68,8 +69,8 @@ _SIGNATURES = {
     "g4r_output_rows_update": (_I, [_P, _P, _P, _P, _P, _P, _I, _I, _P, _I, _P, _P, _P, _P, _P, _I, _F, _F, _F]),
     "g4r_alias_table": (None, [_P, _I, _P, _P, _P, _P]),
     "g4r_score_panel": (_I, []),
-    "g4r_scores": (None, [_P, _P, _P, _I, _I, _I, _P]),
-    "g4r_topk": (None, [_P, _I, _I, _I, _P, _P]),
+    "g4r_screen": (None, [_P, _P, _P, _I, _I, _I, _P]),
+    "g4r_refine": (_I, [_P, _P, _P, _F, _F, _P, _P, _P, _I, _I, _I, _I, _P, _P, _P, _P]),
     "g4r_mm": (_I, [_I, _I, _I, _P, _I, _I, _P, _I, _I, _P, _I, _I]),
 }
 
@@ -379,9 +380,13 @@ def alias_table(scaled: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 class ScoreTable:
-    """The output layer (item rows W [n_items, d] and their bias) laid out for the service's exact
-    scores: panels of a few dozen items, each [d, panel] and contiguous, read by g4r_scores in one
-    stream per batch of sessions. The same memory as the table, plus one panel's padding."""
+    """The output layer (item rows W [n_items, d] and their bias) for the service's exact top-k: a
+    bfloat16 copy in panels of a few dozen items ([d, panel] each, contiguous), read once per batch
+    for approximate scores (half the bytes of float32: in a busy server the read is the cost), each
+    item's bound on the approximation's error, and the float32 rows for scoring the few items that
+    the bounds cannot rule out (see g4r_refine in kernels.c). Memory: the model's rows plus half."""
+
+    ROWS_AT_ONCE = 8_192  # rows per chunk when the bounds are computed (float64 temporaries of a few MB)
 
     def __init__(self, weights: Tensor, bias: Tensor) -> None:
         lib = library()
@@ -390,34 +395,64 @@ class ScoreTable:
         n, d = weights.shape
         if weights.dtype != torch.float32 or bias.shape != (n,):
             raise ValueError(f"ScoreTable: weights {weights.dtype} {tuple(weights.shape)} and bias {tuple(bias.shape)} do not fit")
+        self.weights, self.bias = weights.contiguous(), bias.contiguous()
+        self.n_items, self.dim = n, d
         width = int(lib.g4r_score_panel())
         padded = -(-n // width) * width
-        rows = torch.zeros(padded, d)
-        rows[:n] = weights
+        rows = torch.zeros(padded, d, dtype=torch.bfloat16)
+        rows[:n] = self.weights
         self.panels = rows.view(padded // width, width, d).transpose(1, 2).contiguous()  # [n / width, d, width]
-        self.bias = torch.zeros(padded)
-        self.bias[:n] = bias
-        self.n_items, self.dim = n, d
+        self.padded_bias = torch.zeros(padded)
+        self.padded_bias[:n] = self.bias
+        self.c, self.beta = self._bounds(rows[:n])
+        self.c_max, self.beta_max = float(self.c.max()), float(self.beta.max())  # float32 values: exact
+        self._scratch = threading.local()
 
-    def scores(self, h: Tensor) -> Tensor:
-        """bias + h @ W.T ([sessions, n_items]) for session rows h [sessions, d]; each row bit for bit
-        the same whatever rows come with it."""
+    def _bounds(self, rounded: Tensor) -> tuple[Tensor, Tensor]:
+        """Per item: c = |w - bf16(w)| + g (|w| + |bf16(w)|) and beta = 2 g |b|, rounded up to float32."""
+        g = (2 * self.dim + 4) * 2.0**-24
+        c = np.empty(self.n_items, dtype=np.float32)
+        for lo in range(0, self.n_items, self.ROWS_AT_ONCE):
+            w = self.weights[lo : lo + self.ROWS_AT_ONCE].numpy().astype(np.float64)
+            wb = rounded[lo : lo + self.ROWS_AT_ONCE].float().numpy().astype(np.float64)
+            exact = np.linalg.norm(w - wb, axis=1) + g * (np.linalg.norm(w, axis=1) + np.linalg.norm(wb, axis=1))
+            c[lo : lo + len(w)] = _up(exact)
+        beta = _up(2 * g * np.abs(self.bias.numpy().astype(np.float64)))
+        return torch.from_numpy(c), torch.from_numpy(beta)
+
+    def screen(self, h: Tensor) -> Tensor:
+        """Approximate scores [sessions, n_items] of session rows h [sessions, d] (the bfloat16 table)."""
         if h.dim() != 2 or h.shape[1] != self.dim:
-            raise ValueError(f"ScoreTable.scores: h {tuple(h.shape)} does not fit a table of dimension {self.dim}")
+            raise ValueError(f"ScoreTable: h {tuple(h.shape)} does not fit a table of dimension {self.dim}")
         out = torch.empty((h.shape[0], self.n_items), dtype=torch.float32)
-        library().g4r_scores(_ptr(self.panels), _ptr(self.bias), _ptr(h), h.shape[0], self.n_items, self.dim, _ptr(out))
+        library().g4r_screen(self.panels.data_ptr(), _ptr(self.padded_bias), _ptr(h), h.shape[0], self.n_items, self.dim, _ptr(out))
         return out
 
 
-def top_k(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """The k best of each row of scores [rows, n] (k <= n): values and indices [rows, k], best first,
-    equal scores by lower index (NaN counts as -inf); torch.topk's results where no scores tie."""
-    lib = library()
-    if lib is None:
-        raise RuntimeError("the native kernels are not available")
-    rows, n = scores.shape
-    if not 0 <= k <= n:
-        raise ValueError(f"top_k: k = {k} of {n} scores")
-    values, indices = torch.empty((rows, k)), torch.empty((rows, k), dtype=_LONG)
-    lib.g4r_topk(_ptr(scores), rows, n, k, _ptr(values), _ptr(indices, _LONG))
-    return values, indices
+    def top_k(self, approx: Tensor, h: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """The exact float32 top-k ([sessions, k] values and item indices, best first, ties to the lower
+        index) of sessions h from their approximate scores `approx` (from `screen`; -inf marks an
+        excluded item); a session with fewer than k items left ends its row with -inf."""
+        b, n = approx.shape
+        if n != self.n_items or h.shape != (b, self.dim) or not 0 < k <= n:
+            raise ValueError(f"ScoreTable.top_k: scores {tuple(approx.shape)}, h {tuple(h.shape)}, k = {k} do not fit")
+        work, cand = self._work()
+        values, indices = torch.empty((b, k)), torch.empty((b, k), dtype=_LONG)
+        library().g4r_refine(_ptr(approx), _ptr(self.c), _ptr(self.beta), self.c_max, self.beta_max,
+                             _ptr(self.weights), _ptr(self.bias), _ptr(h), b, n, self.dim, k, _ptr(work),
+                             _ptr(cand, _LONG), _ptr(values), _ptr(indices, _LONG))
+        return values, indices
+
+    def _work(self) -> tuple[Tensor, Tensor]:
+        """This thread's scratch for g4r_refine (kept: fresh pages on every call would cost more than the work)."""
+        scratch = getattr(self._scratch, "buffers", None)
+        if scratch is None:
+            size = 2 * self.n_items  # N + k of each, k <= N
+            scratch = self._scratch.buffers = (torch.empty(size), torch.empty(size, dtype=_LONG))
+        return scratch
+
+
+def _up(x: np.ndarray) -> np.ndarray:
+    """float64 values as float32, rounded up (a bound must not shrink)."""
+    y = x.astype(np.float32)
+    return np.where(y.astype(np.float64) < x, np.nextafter(y, np.float32(np.inf)), y).astype(np.float32)

@@ -4,7 +4,8 @@
  * losses.*_grad, optim.AdagradMomentum) does with several tensor ops; the PyTorch code is the
  * specification and the tests compare the two. Matrix products are PyTorch's (MKL / oneDNN), except
  * where g4r_mm, timed against them on the step's own shapes, is faster (AVX-512 AMD processors,
- * where MKL takes its AVX2 path; see docs/results.md). g4r_scores serves the service's exact top-k.
+ * where MKL takes its AVX2 path; see docs/results.md). g4r_screen and g4r_refine serve the service's
+ * exact top-k.
  *
  * Plain C99 with no Python or PyTorch headers: the module is compiled on first use in well under a
  * second and called through ctypes with raw pointers. All matrices are dense, row-major, float32;
@@ -484,15 +485,20 @@ int64_t g4r_mm(int64_t M, int64_t N, int64_t K, const float *A, int64_t sai, int
     return 0;
 }
 
-/* Scores of every item for a few sessions (the service's exact top-k): out[s, j] = bias[j] +
- * sum_i H[s, i] * W[j, i]. A GEMM library packs its operands for each call, which for a handful of
- * session rows costs about as much as the product. Here the table is kept in the layout this loop
- * reads: panels of SCORE_PANEL items, each [d, SCORE_PANEL] and contiguous (g4r_score_panel tells
- * the width; the caller pads the last panel with zero rows). The panel's scores of up to SCORE_GROUP
- * sessions stay in registers while the table is streamed once per call, so a batch of sessions
- * costs about what one costs (memory traffic, not arithmetic). Every score is bias + the products
- * in the order i = 0, 1, ..., d - 1, whatever the batch around it, so a batched score is bit for
- * bit the one-by-one score. */
+/* ---- the service's exact top-k ----
+ * Scoring a few sessions against every item reads the whole output table, and in a busy server that
+ * table comes from memory, not cache: the read is the cost. So the table is read in bfloat16 (half
+ * the bytes) for approximate scores, every item's error bound is known, and only the items whose
+ * bound reaches the k-th best lower bound are scored again exactly from the float32 rows:
+ *
+ *   |exact_j - approx_j| <= |h| * c[j] + beta[j],  c[j] = |w_j - bf16(w_j)| + g (|w_j| + |bf16(w_j)|),
+ *   beta[j] = 2 g |b_j|, g = (2d + 4) 2^-24 (float32 rounding of both sums, fused or not; |.| = 2-norm),
+ *
+ * so the answer is the float32 top-k exactly. The approximate pass keeps the table in panels of
+ * SCORE_PANEL items ([d, SCORE_PANEL] each, contiguous; the caller pads the last one with zero rows)
+ * whose scores of up to SCORE_GROUP sessions stay in registers while the panel streams by once per
+ * batch. An exact score is bias + h[0] w[0] + h[1] w[1] + ... in that order for every session, so a
+ * session's answer is the same bit for bit whatever it is batched with. */
 #if defined(__AVX512F__)
 #define SCORE_PANEL 64 /* 4 sessions x 4 registers of 16 scores, + the panel row's 4 registers */
 #define SCORE_GROUP 4
@@ -503,9 +509,16 @@ int64_t g4r_mm(int64_t M, int64_t N, int64_t K, const float *A, int64_t sai, int
 
 int64_t g4r_score_panel(void) { return SCORE_PANEL; }
 
-static inline __attribute__((always_inline)) void score_panel(const int S, const float *restrict P,
-                                                              const float *restrict bias, const float *const *h,
-                                                              int64_t d, float *const *o, int64_t width) {
+static inline float bf16_to_f32(uint16_t x) {
+    const uint32_t bits = (uint32_t)x << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static inline __attribute__((always_inline)) void screen_panel(const int S, const uint16_t *restrict P,
+                                                               const float *restrict bias, const float *const *h,
+                                                               int64_t d, float *const *o, int64_t width) {
     float acc[SCORE_GROUP][SCORE_PANEL];
     for (int s = 0; s < S; s++) {
 #pragma omp simd
@@ -513,23 +526,28 @@ static inline __attribute__((always_inline)) void score_panel(const int S, const
             acc[s][j] = bias[j];
     }
     for (int64_t i = 0; i < d; i++) {
-        const float *restrict p = P + i * SCORE_PANEL;
+        const uint16_t *restrict p = P + i * SCORE_PANEL;
+        float w[SCORE_PANEL];
+#pragma omp simd
+        for (int j = 0; j < SCORE_PANEL; j++)
+            w[j] = bf16_to_f32(p[j]);
         for (int s = 0; s < S; s++) {
             const float v = h[s][i];
 #pragma omp simd
             for (int j = 0; j < SCORE_PANEL; j++)
-                acc[s][j] += v * p[j];
+                acc[s][j] += v * w[j];
         }
     }
     for (int s = 0; s < S; s++)
         memcpy(o[s], acc[s], (size_t)width * sizeof(float));
 }
 
-/* P: ceil(N / SCORE_PANEL) panels [d, SCORE_PANEL]; bias: N rounded up to whole panels; H [b, d]; out [b, N] */
-void g4r_scores(const float *restrict P, const float *restrict bias, const float *restrict H, int64_t b, int64_t N,
-                int64_t d, float *restrict out) {
+/* Approximate scores out [b, N] from P: ceil(N / SCORE_PANEL) bfloat16 panels [d, SCORE_PANEL]; bias
+ * padded to whole panels; H [b, d]. */
+void g4r_screen(const uint16_t *restrict P, const float *restrict bias, const float *restrict H, int64_t b,
+                int64_t N, int64_t d, float *restrict out) {
     for (int64_t j0 = 0; j0 < N; j0 += SCORE_PANEL) {
-        const float *panel = P + j0 * d;
+        const uint16_t *panel = P + j0 * d;
         const int64_t width = N - j0 < SCORE_PANEL ? N - j0 : SCORE_PANEL;
         for (int64_t s0 = 0; s0 < b; s0 += SCORE_GROUP) {
             const float *h[SCORE_GROUP];
@@ -541,22 +559,21 @@ void g4r_scores(const float *restrict P, const float *restrict bias, const float
             }
             switch (S) {
 #if SCORE_GROUP > 3
-            case 4: score_panel(4, panel, bias + j0, h, d, o, width); break;
+            case 4: screen_panel(4, panel, bias + j0, h, d, o, width); break;
 #endif
-            case 3: score_panel(3, panel, bias + j0, h, d, o, width); break;
-            case 2: score_panel(2, panel, bias + j0, h, d, o, width); break;
-            default: score_panel(1, panel, bias + j0, h, d, o, width); break;
+            case 3: screen_panel(3, panel, bias + j0, h, d, o, width); break;
+            case 2: screen_panel(2, panel, bias + j0, h, d, o, width); break;
+            default: screen_panel(1, panel, bias + j0, h, d, o, width); break;
             }
         }
     }
 }
 
-/* ---- top-k of score rows ----
- * The k best of each row of scores [b, n] (k <= n) into vals, idx [b, k], best first: higher score,
- * then lower index (NaN counts as -inf). A heap of the k best so far is kept in the output row with
- * its worst entry at the root; a block of 16 scores is looked at one by one only when its maximum
- * beats that root, so a row costs little more than one vectorised read (torch.topk took ~0.27 ms
- * for k = 20 of 37k scores on AMD EPYC, where this takes a few microseconds). */
+/* ---- top-k ----
+ * The k best of s[0..n) (k <= n) into v, ix, best first: higher score, then lower index (NaN counts
+ * as -inf). A heap of the k best so far has its worst entry at the root; a block of 16 scores is
+ * looked at one by one only when its maximum beats that root, so a row costs little more than one
+ * vectorised read (torch.topk took ~0.27 ms for the top 20 of 37k scores on AMD EPYC). */
 static inline int topk_worse(float va, int64_t ia, float vb, int64_t ib) { return va < vb || (va == vb && ia > ib); }
 
 static void topk_sift(float *v, int64_t *ix, int64_t k, int64_t at) {
@@ -578,54 +595,131 @@ static void topk_sift(float *v, int64_t *ix, int64_t k, int64_t at) {
     ix[at] = fi;
 }
 
-void g4r_topk(const float *restrict scores, int64_t b, int64_t n, int64_t k, float *restrict vals,
-              int64_t *restrict idx) {
+static inline void topk_offer(float x, int64_t j, float *v, int64_t *ix, int64_t k) {
+    if (x > v[0]) { /* later entries lose ties: only a strictly better score gets in */
+        v[0] = x;
+        ix[0] = j;
+        topk_sift(v, ix, k, 0);
+    }
+}
+
+static void topk_row(const float *restrict s, int64_t n, int64_t k, float *restrict v, int64_t *restrict ix) {
     if (k <= 0)
         return;
-    for (int64_t r = 0; r < b; r++) {
-        const float *s = scores + r * n;
-        float *v = vals + r * k;
-        int64_t *ix = idx + r * k;
-        for (int64_t j = 0; j < k; j++) {
-            v[j] = s[j] != s[j] ? -INFINITY : s[j];
-            ix[j] = j;
+    for (int64_t j = 0; j < k; j++) {
+        v[j] = s[j] != s[j] ? -INFINITY : s[j];
+        ix[j] = j;
+    }
+    for (int64_t at = k / 2 - 1; at >= 0; at--)
+        topk_sift(v, ix, k, at);
+    int64_t j = k;
+    for (; j < n && j % 16; j++)
+        topk_offer(s[j], j, v, ix, k);
+    for (; j + 16 <= n; j += 16) {
+        float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+        for (int q = 0; q < 16; q++)
+            m = s[j + q] > m ? s[j + q] : m;
+        if (m > v[0])
+            for (int q = 0; q < 16; q++)
+                topk_offer(s[j + q], j + q, v, ix, k);
+    }
+    for (; j < n; j++)
+        topk_offer(s[j], j, v, ix, k);
+    for (int64_t last = k - 1; last > 0; last--) { /* heap sort: the worst goes to the end */
+        const float tv = v[0];
+        const int64_t ti = ix[0];
+        v[0] = v[last];
+        ix[0] = ix[last];
+        v[last] = tv;
+        ix[last] = ti;
+        topk_sift(v, ix, last, 0);
+    }
+}
+
+/* Exact scores of items cand[0..n) for session h: bias + h[0] w[0] + h[1] w[1] + ..., in that order
+ * for each item (eight items at a time: independent sums, one order each). */
+static void exact_scores(const float *restrict W, const float *restrict bias, const float *restrict h, int64_t d,
+                         const int64_t *restrict cand, int64_t n, float *restrict out) {
+    int64_t t = 0;
+    for (; t + 8 <= n; t += 8) {
+        const float *w[8];
+        float acc[8];
+        for (int q = 0; q < 8; q++) {
+            w[q] = W + cand[t + q] * d;
+            acc[q] = bias[cand[t + q]];
         }
-        for (int64_t at = k / 2 - 1; at >= 0; at--)
-            topk_sift(v, ix, k, at);
-        int64_t j = k;
-        for (; j < n && j % 16; j++)
-            if (s[j] > v[0]) {
-                v[0] = s[j];
-                ix[0] = j;
-                topk_sift(v, ix, k, 0);
-            }
-        for (; j + 16 <= n; j += 16) {
+        for (int64_t i = 0; i < d; i++)
+            for (int q = 0; q < 8; q++)
+                acc[q] += h[i] * w[q][i];
+        memcpy(out + t, acc, sizeof acc);
+    }
+    for (; t < n; t++) {
+        const float *w = W + cand[t] * d;
+        float acc = bias[cand[t]];
+        for (int64_t i = 0; i < d; i++)
+            acc += h[i] * w[i];
+        out[t] = acc;
+    }
+}
+
+/* The exact top-k of each session from its approximate scores A [b, N] (-inf: excluded item; NaN
+ * counts as excluded): the k best approximate scores less the largest error bound R give a floor
+ * that the k-th best exact score cannot be under; the items whose approximate score plus their own
+ * bound reaches it are scored exactly from W [N, d] (float32 rows) and bias, and the k best of
+ * those go to vals, idx [b, k], best first, ties to the lower index; a session with fewer than k
+ * items left ends its row with -inf. c, beta are the bounds' per-item terms and cmax, betamax
+ * their largest. work: N + k floats, N + k indices of
+ * scratch. Returns the largest number of items scored exactly for one session. */
+int64_t g4r_refine(const float *restrict A, const float *restrict c, const float *restrict beta, float cmax,
+                   float betamax, const float *restrict W, const float *restrict bias,
+                   const float *restrict H, int64_t b, int64_t N, int64_t d, int64_t k, float *restrict work,
+                   int64_t *restrict cand, float *restrict vals, int64_t *restrict idx) {
+    int64_t most = 0;
+    float *exact = work, *kv = work + N;
+    int64_t *kix = cand + N;
+    for (int64_t s = 0; s < b; s++) {
+        const float *a = A + s * N, *h = H + s * d;
+        double norm = 0.0;
+        for (int64_t i = 0; i < d; i++)
+            norm += (double)h[i] * h[i];
+        const float hn = (float)sqrt(norm) * 1.000001f; /* |h|, rounded up */
+        float *v = vals + s * k;
+        int64_t *ix = idx + s * k;
+        topk_row(a, N, k, kv, kix);
+        /* every bound below includes the float32 rounding of a +- r itself (the 1e-6 |a| term) */
+        const float R = (hn * cmax + betamax) * 1.0001f + 1e-6f * fmaxf(fabsf(kv[0]), fabsf(kv[k - 1]));
+        const float floor = kv[k - 1] - R; /* -inf when fewer than k items are left */
+        int64_t n = 0, j = 0;
+        for (; j + 16 <= N; j += 16) {
             float m = -INFINITY;
 #pragma omp simd reduction(max : m)
-            for (int q = 0; q < 16; q++)
-                m = s[j + q] > m ? s[j + q] : m;
-            if (m > v[0])
-                for (int q = 0; q < 16; q++)
-                    if (s[j + q] > v[0]) {
-                        v[0] = s[j + q];
-                        ix[0] = j + q;
-                        topk_sift(v, ix, k, 0);
-                    }
-        }
-        for (; j < n; j++)
-            if (s[j] > v[0]) {
-                v[0] = s[j];
-                ix[0] = j;
-                topk_sift(v, ix, k, 0);
+            for (int q = 0; q < 16; q++) {
+                const float up = a[j + q] + ((hn * c[j + q] + beta[j + q]) * 1.0001f + 1e-6f * fabsf(a[j + q]));
+                m = up > m ? up : m;
             }
-        for (int64_t last = k - 1; last > 0; last--) { /* heap sort: the worst goes to the end */
-            const float tv = v[0];
-            const int64_t ti = ix[0];
-            v[0] = v[last];
-            ix[0] = ix[last];
-            v[last] = tv;
-            ix[last] = ti;
-            topk_sift(v, ix, last, 0);
+            if (m >= floor)
+                for (int q = 0; q < 16; q++) {
+                    const float up = a[j + q] + ((hn * c[j + q] + beta[j + q]) * 1.0001f + 1e-6f * fabsf(a[j + q]));
+                    if (up >= floor && a[j + q] > -INFINITY) /* NaN and excluded items fail */
+                        cand[n++] = j + q;
+                }
         }
+        for (; j < N; j++) {
+            const float up = a[j] + ((hn * c[j] + beta[j]) * 1.0001f + 1e-6f * fabsf(a[j]));
+            if (up >= floor && a[j] > -INFINITY)
+                cand[n++] = j;
+        }
+        exact_scores(W, bias, h, d, cand, n, exact);
+        const int64_t found = n < k ? n : k;
+        topk_row(exact, n, found, v, ix);
+        for (int64_t t = 0; t < found; t++)
+            ix[t] = cand[ix[t]];
+        for (int64_t t = found; t < k; t++) {
+            v[t] = -INFINITY;
+            ix[t] = 0;
+        }
+        most = n > most ? n : most;
     }
+    return most;
 }
