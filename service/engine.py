@@ -90,8 +90,8 @@ class ModelBundle:
         self.weights = model.Wy.weight.detach()  # [n_items, layer]
         self.bias = model.By.weight.detach()[:, 0].contiguous()
         self.bias_column = model.By.weight.detach()  # [n_items, 1]
-        # kept when exact scoring is the hot path: the table in the compiled kernel's layout, or else
-        # a [layer, n_items] copy for MKL
+        # kept when exact scoring is the hot path: the compiled kernels' table (a bfloat16 screen and
+        # the float32 rows), or else a [layer, n_items] copy for MKL
         self.score_table: native.ScoreTable | None = None
         self.out_t: torch.Tensor | None = None
         self.item_counts = _check_counts(checkpoint.item_counts, self.n_items, source)
@@ -104,9 +104,9 @@ class ModelBundle:
 
     # -- retrieval -------------------------------------------------------------------------------
     def prepare_retrieval(self, settings: RetrievalSettings, cache: IndexCache, dir_fd: int | None, threads: int = 1) -> None:
-        """Exact scoring (the table in the compiled kernel's layout, or a transposed copy for MKL), or a top-k index."""
+        """Exact scoring (the compiled kernels' table, or a transposed copy for MKL), or a top-k index."""
         if not settings.wants_index(self.n_items):
-            if native.library() is not None:  # the table in the compiled kernel's layout
+            if native.library() is not None:
                 self.score_table = native.ScoreTable(self.weights, self.bias)
             else:  # h @ W^T as one GEMM over a [layer, n_items] contiguous copy: ~2x faster than the transposed view
                 self.out_t = self.weights.T.contiguous()
@@ -185,9 +185,9 @@ class ModelBundle:
         """Every item scored. With the compiled kernels: one pass over a bfloat16 copy of the table
         for all sessions (half the memory traffic, which is the cost), then the items that the
         approximation's error bounds cannot rule out scored exactly: the float32 top-k, each
-        session's answer the same bit for bit whatever traffic it is batched with. Otherwise MKL: one session as a row times the transposed copy
-        (its fastest matrix-vector form); several as the [n_items, layer] table times the sessions'
-        columns, with top-k down the columns."""
+        session's answer the same bit for bit whatever traffic it is batched with. Otherwise MKL:
+        one session as a row times the transposed copy (its fastest matrix-vector form); several as
+        the [n_items, layer] table times the sessions' columns, with top-k down the columns."""
         k = min(max(q.k for q in queries), self.n_items)
         exclusions = [q.exclude for q in queries]
         with torch.inference_mode():

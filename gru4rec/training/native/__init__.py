@@ -428,7 +428,6 @@ class ScoreTable:
         library().g4r_screen(self.panels.data_ptr(), _ptr(self.padded_bias), _ptr(h), h.shape[0], self.n_items, self.dim, _ptr(out))
         return out
 
-
     def top_k(self, approx: Tensor, h: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """The exact float32 top-k ([sessions, k] values and item indices, best first, ties to the lower
         index) of sessions h from their approximate scores `approx` (from `screen`; -inf marks an
