@@ -137,3 +137,22 @@ def test_a_lone_request_does_not_wait_for_company():
     samples = asyncio.run(run())
     total = next(s.value for s in samples if s.name.endswith("_sum"))
     assert total < 0.1  # three requests, none held anywhere near the 0.2 s wait
+
+
+def test_without_the_kernels_pytorch_ranks_the_same(monkeypatch):
+    """No C compiler (or GRU4REC_NATIVE=0): exact scoring through MKL gives the same answers."""
+    native.library.cache_clear()
+    monkeypatch.setenv("GRU4REC_NATIVE", "0")
+    try:
+        fallback = load_bundle(model_big(), RetrievalSettings(mode="exact"), warmup_steps=1)
+    finally:
+        monkeypatch.delenv("GRU4REC_NATIVE")
+        native.library.cache_clear()
+    kernels = load_bundle(model_big(), RetrievalSettings(mode="exact"), warmup_steps=1)
+    assert fallback.score_table is None and fallback.out_t is not None and kernels.score_table is not None
+    steps, queries = _random_work(kernels, 16, seed=3)
+    queries = [q for q in queries if q.include is None]
+    h = kernels.session_vectors(kernels.advance(np.zeros((16, kernels.state_size), dtype=np.float32), steps))[: len(queries)]
+    for rows in (slice(None), slice(0, 1)):  # a batch (MKL: the table times the columns) and a lone session
+        for ours, theirs in zip(kernels.rank(h[rows], queries[rows]), fallback.rank(h[rows], queries[rows]), strict=True):
+            _same(ours, theirs)
