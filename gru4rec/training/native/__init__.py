@@ -407,6 +407,7 @@ class ScoreTable:
         self.c, self.beta = self._bounds(rows[:n])
         self.c_max, self.beta_max = float(self.c.max()), float(self.beta.max())  # float32 values: exact
         self._scratch = threading.local()
+        self.scored_exactly = 0  # the most items one session of the last top_k scored exactly (diagnostics)
 
     def _bounds(self, rounded: Tensor) -> tuple[Tensor, Tensor]:
         """Per item: c = |w - bf16(w)| + g (|w| + |bf16(w)|) and beta = 2 g |b|, rounded up to float32."""
@@ -437,9 +438,9 @@ class ScoreTable:
             raise ValueError(f"ScoreTable.top_k: scores {tuple(approx.shape)}, h {tuple(h.shape)}, k = {k} do not fit")
         work, cand = self._work()
         values, indices = torch.empty((b, k)), torch.empty((b, k), dtype=_LONG)
-        library().g4r_refine(_ptr(approx), _ptr(self.c), _ptr(self.beta), self.c_max, self.beta_max,
-                             _ptr(self.weights), _ptr(self.bias), _ptr(h), b, n, self.dim, k, _ptr(work),
-                             _ptr(cand, _LONG), _ptr(values), _ptr(indices, _LONG))
+        self.scored_exactly = library().g4r_refine(
+            _ptr(approx), _ptr(self.c), _ptr(self.beta), self.c_max, self.beta_max, _ptr(self.weights), _ptr(self.bias),
+            _ptr(h), b, n, self.dim, k, _ptr(work), _ptr(cand, _LONG), _ptr(values), _ptr(indices, _LONG))
         return values, indices
 
     def _work(self) -> tuple[Tensor, Tensor]:

@@ -637,8 +637,8 @@ static void topk_row(const float *restrict s, int64_t n, int64_t k, float *restr
     }
 }
 
-/* Exact scores of items cand[0..n) for session h: bias + h[0] w[0] + h[1] w[1] + ..., in that order
- * for each item (eight items at a time: independent sums, one order each). */
+/* Exact scores of items cand[0..n) for session h: bias, then fused multiply-adds of h[0] w[0], h[1] w[1],
+ * ... in that order for each item (eight items at a time: independent sums, one order each). */
 static void exact_scores(const float *restrict W, const float *restrict bias, const float *restrict h, int64_t d,
                          const int64_t *restrict cand, int64_t n, float *restrict out) {
     int64_t t = 0;
@@ -651,16 +651,22 @@ static void exact_scores(const float *restrict W, const float *restrict bias, co
         }
         for (int64_t i = 0; i < d; i++)
             for (int q = 0; q < 8; q++)
-                acc[q] += h[i] * w[q][i];
+                acc[q] = fmaf(h[i], w[q][i], acc[q]);
         memcpy(out + t, acc, sizeof acc);
     }
     for (; t < n; t++) {
         const float *w = W + cand[t] * d;
         float acc = bias[cand[t]];
         for (int64_t i = 0; i < d; i++)
-            acc += h[i] * w[i];
+            acc = fmaf(h[i], w[i], acc);
         out[t] = acc;
     }
+}
+
+/* An upper bound on item j's exact score: its approximate score a plus its error bound for a session
+ * of norm hn, plus the float32 rounding of that sum itself (the 1e-6 |a| term). */
+static inline float upper_bound(float a, float c, float beta, float hn) {
+    return a + ((hn * c + beta) * 1.0001f + 1e-6f * fabsf(a));
 }
 
 /* The exact top-k of each session from its approximate scores A [b, N] (-inf: excluded item; NaN
@@ -669,8 +675,8 @@ static void exact_scores(const float *restrict W, const float *restrict bias, co
  * bound reaches it are scored exactly from W [N, d] (float32 rows) and bias, and the k best of
  * those go to vals, idx [b, k], best first, ties to the lower index; a session with fewer than k
  * items left ends its row with -inf. c, beta are the bounds' per-item terms and cmax, betamax
- * their largest. work: N + k floats, N + k indices of
- * scratch. Returns the largest number of items scored exactly for one session. */
+ * their largest. work: N + k floats, N + k indices of scratch. Returns the largest number of items
+ * scored exactly for one session. */
 int64_t g4r_refine(const float *restrict A, const float *restrict c, const float *restrict beta, float cmax,
                    float betamax, const float *restrict W, const float *restrict bias,
                    const float *restrict H, int64_t b, int64_t N, int64_t d, int64_t k, float *restrict work,
@@ -687,7 +693,7 @@ int64_t g4r_refine(const float *restrict A, const float *restrict c, const float
         float *v = vals + s * k;
         int64_t *ix = idx + s * k;
         topk_row(a, N, k, kv, kix);
-        /* every bound below includes the float32 rounding of a +- r itself (the 1e-6 |a| term) */
+        /* the largest bound of the k best approximate scores (whose |a| is at most the larger end's) */
         const float R = (hn * cmax + betamax) * 1.0001f + 1e-6f * fmaxf(fabsf(kv[0]), fabsf(kv[k - 1]));
         const float floor = kv[k - 1] - R; /* -inf when fewer than k items are left */
         int64_t n = 0, j = 0;
@@ -695,21 +701,18 @@ int64_t g4r_refine(const float *restrict A, const float *restrict c, const float
             float m = -INFINITY;
 #pragma omp simd reduction(max : m)
             for (int q = 0; q < 16; q++) {
-                const float up = a[j + q] + ((hn * c[j + q] + beta[j + q]) * 1.0001f + 1e-6f * fabsf(a[j + q]));
+                const float up = upper_bound(a[j + q], c[j + q], beta[j + q], hn);
                 m = up > m ? up : m;
             }
-            if (m >= floor)
-                for (int q = 0; q < 16; q++) {
-                    const float up = a[j + q] + ((hn * c[j + q] + beta[j + q]) * 1.0001f + 1e-6f * fabsf(a[j + q]));
-                    if (up >= floor && a[j + q] > -INFINITY) /* NaN and excluded items fail */
-                        cand[n++] = j + q;
-                }
+            if (m < floor)
+                continue; /* the usual case: nothing in this block can make the top k */
+            for (int q = 0; q < 16; q++)
+                if (upper_bound(a[j + q], c[j + q], beta[j + q], hn) >= floor && a[j + q] > -INFINITY)
+                    cand[n++] = j + q; /* NaN and excluded items fail the second test */
         }
-        for (; j < N; j++) {
-            const float up = a[j] + ((hn * c[j] + beta[j]) * 1.0001f + 1e-6f * fabsf(a[j]));
-            if (up >= floor && a[j] > -INFINITY)
+        for (; j < N; j++)
+            if (upper_bound(a[j], c[j], beta[j], hn) >= floor && a[j] > -INFINITY)
                 cand[n++] = j;
-        }
         exact_scores(W, bias, h, d, cand, n, exact);
         const int64_t found = n < k ? n : k;
         topk_row(exact, n, found, v, ix);
