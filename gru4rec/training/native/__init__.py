@@ -386,7 +386,7 @@ class ScoreTable:
     item's bound on the approximation's error, and the float32 rows for scoring the few items that
     the bounds cannot rule out (see g4r_refine in kernels.c). Memory: the model's rows plus half."""
 
-    ROWS_AT_ONCE = 8_192  # rows per chunk when the bounds are computed (float64 temporaries of a few MB)
+    ROWS_AT_ONCE = 1_024  # rows per chunk when the bounds are computed (float64 temporaries under 1 MB)
 
     def __init__(self, weights: Tensor, bias: Tensor) -> None:
         lib = library()
@@ -398,24 +398,26 @@ class ScoreTable:
         self.weights, self.bias = weights.contiguous(), bias.contiguous()
         self.n_items, self.dim = n, d
         width = int(lib.g4r_score_panel())
-        padded = -(-n // width) * width
-        rows = torch.zeros(padded, d, dtype=torch.bfloat16)
-        rows[:n] = self.weights
-        self.panels = rows.view(padded // width, width, d).transpose(1, 2).contiguous()  # [n / width, d, width]
+        full, padded = n // width, -(-n // width) * width
+        self.panels = torch.zeros(padded // width, d, width, dtype=torch.bfloat16)  # [n / width, d, width]
+        self.panels[:full] = self.weights[: full * width].view(full, width, d).transpose(1, 2)  # rounds to nearest
+        if full * width < n:
+            self.panels[full, :, : n - full * width] = self.weights[full * width :].T
         self.padded_bias = torch.zeros(padded)
         self.padded_bias[:n] = self.bias
-        self.c, self.beta = self._bounds(rows[:n])
+        self.c, self.beta = self._bounds()
         self.c_max, self.beta_max = float(self.c.max()), float(self.beta.max())  # float32 values: exact
         self._scratch = threading.local()
         self.scored_exactly = 0  # the most items one session of the last top_k scored exactly (diagnostics)
 
-    def _bounds(self, rounded: Tensor) -> tuple[Tensor, Tensor]:
+    def _bounds(self) -> tuple[Tensor, Tensor]:
         """Per item: c = |w - bf16(w)| + g (|w| + |bf16(w)|) and beta = 2 g |b|, rounded up to float32."""
         g = (2 * self.dim + 4) * 2.0**-24
         c = np.empty(self.n_items, dtype=np.float32)
         for lo in range(0, self.n_items, self.ROWS_AT_ONCE):
-            w = self.weights[lo : lo + self.ROWS_AT_ONCE].numpy().astype(np.float64)
-            wb = rounded[lo : lo + self.ROWS_AT_ONCE].float().numpy().astype(np.float64)
+            rows = self.weights[lo : lo + self.ROWS_AT_ONCE]
+            w = rows.numpy().astype(np.float64)
+            wb = rows.to(torch.bfloat16).float().numpy().astype(np.float64)  # the same rounding as the panels
             exact = np.linalg.norm(w - wb, axis=1) + g * (np.linalg.norm(w, axis=1) + np.linalg.norm(wb, axis=1))
             c[lo : lo + len(w)] = _up(exact)
         beta = _up(2 * g * np.abs(self.bias.numpy().astype(np.float64)))
