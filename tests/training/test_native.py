@@ -196,6 +196,8 @@ def test_score_table_gives_the_exact_top_k_whatever_the_batch(ops, d, n):
     g = torch.Generator().manual_seed(d + n)
     weights, bias, h = torch.randn(n, d, generator=g), torch.randn(n, generator=g), torch.randn(9, d, generator=g)
     table = native.ScoreTable(weights, bias)
+    # the panels hold the rows rounded as the error bounds assume
+    assert torch.equal(table.panels.transpose(1, 2).reshape(-1, d)[:n], weights.to(torch.bfloat16))
     k = min(20, n)
     values, indices = _table_top_k(table, h, k)
     if n > 1000:  # the bounds are tight: a few more than k items are scored exactly, not the catalogue
