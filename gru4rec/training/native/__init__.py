@@ -10,9 +10,10 @@ three times faster than the kernels' blocked product; the output layer's product
 layers' each use that blocked product where it is the faster one (timed on the part's first
 product: on AMD processors with AVX-512, MKL takes its AVX2 path and runs them at less than half
 the blocked product's speed; GRU4REC_NATIVE_MM=1 or 0 forces the choice). It is plain C with no
-Python or PyTorch headers, so compiling it takes well under a second (torch.compile needs over a minute for a single GRU gate function on
-the same machine, and was no faster); the shared library is cached per source, compiler and CPU in
-`$GRU4REC_CACHE_DIR` (default `~/.cache/gru4rec`) and called through ctypes.
+Python or PyTorch headers, so compiling it takes well under a second (torch.compile needs over a
+minute for a single GRU gate function on the same machine, and was no faster); the shared library is
+cached per source, compiler and CPU in `$GRU4REC_CACHE_DIR` (default `~/.cache/gru4rec`) and called
+through ctypes.
 
 The portable PyTorch code (fused.TorchOps, optim.AdagradMomentum) stays the specification and the
 fallback: without a C compiler, on other devices, or with GRU4REC_NATIVE=0, it is used instead
