@@ -94,6 +94,8 @@ class ModelBundle:
         # the float32 rows), or else a [layer, n_items] copy for MKL
         self.score_table: native.ScoreTable | None = None
         self.out_t: torch.Tensor | None = None
+        # session steps in the compiled kernels when they are available (PyTorch's otherwise)
+        self.gru_steps = native.GRUSteps(model) if native.library() is not None else None
         self.item_counts = _check_counts(checkpoint.item_counts, self.n_items, source)
         counts = self.item_counts.astype(np.float64)
         self.popular_order = np.lexsort((np.arange(self.n_items), -counts)).astype(np.int64)
@@ -126,16 +128,24 @@ class ModelBundle:
     def initial_state(self) -> np.ndarray:
         return np.zeros(self.state_size, dtype=np.float32)
 
-    def advance(self, states: np.ndarray, steps: Sequence[Sequence[int]]) -> np.ndarray:
+    def advance(self, states: np.ndarray, steps: Sequence[Sequence[int]], kernels: bool = True) -> np.ndarray:
         """States [batch, state_size] after feeding row r the items steps[r], one GRU step each.
 
         Rows may have different numbers of steps (a whole history next to a single click); a step
-        then runs on the rows that still have items. `states` itself is not modified.
+        then runs on the rows that still have items. `states` itself is not modified. The compiled
+        kernels do the steps when they are available (and `kernels`), else the model's PyTorch code.
         """
         lengths = [len(s) for s in steps]
         n_steps = max(lengths, default=0)
         if n_steps == 0:
             return states
+        if self.gru_steps is not None and kernels:
+            out = np.array(states, dtype=np.float32, order="C")
+            everyone, shortest = np.arange(len(steps)), min(lengths)
+            for t in range(n_steps):
+                rows = everyone if t < shortest else np.array([r for r, n in enumerate(lengths) if n > t])
+                self.gru_steps.step(out, rows, np.array([steps[r][t] for r in rows], dtype=np.int64))
+            return out
         with torch.inference_mode():
             h = torch.from_numpy(states)
             if min(lengths) == n_steps:
@@ -262,10 +272,13 @@ class ModelBundle:
             return
         k = min(20, self.n_items)
         items = [[s % self.n_items, (s + 1) % self.n_items] for s in range(steps)]
-        states = self.advance(np.zeros((steps, self.state_size), dtype=np.float32), items)
-        h = self.session_vectors(states)
+        zeros = np.zeros((steps, self.state_size), dtype=np.float32)
+        # the finiteness check follows the model's own (PyTorch) steps: the kernels' fused multiply-adds
+        # keep an overflowing sum at infinity where separate products and sums make it NaN
+        reference = self.session_vectors(self.advance(zeros, items, kernels=False))
+        h = self.session_vectors(self.advance(zeros, items))
         with torch.inference_mode():
-            finite = bool(torch.isfinite(torch.addmm(self.bias, torch.from_numpy(np.ascontiguousarray(h)), self.weights.T)).all())
+            finite = bool(torch.isfinite(torch.addmm(self.bias, torch.from_numpy(np.ascontiguousarray(reference)), self.weights.T)).all())
         if not finite:
             raise ModelUnavailable(f"{self.source}: the model gives non-finite scores (its weights overflow); retrain it")
         queries = [Query(k, exclude=np.array([0], dtype=np.int64), exact=s % 2 == 1) for s in range(steps)]

@@ -48,6 +48,8 @@ def test_a_batch_advances_and_ranks_as_one_by_one(bundle):
     zeros = np.zeros((24, bundle.state_size), dtype=np.float32)
     states = bundle.advance(zeros, steps)  # rows with 0..6 steps side by side
     alone = np.stack([bundle.advance(zeros[:1].copy(), [s])[0] for s in steps])
+    if bundle.gru_steps is not None:  # the kernels step each session on its own: the same bits
+        assert np.array_equal(states, alone)
     np.testing.assert_allclose(states, alone, rtol=1e-5, atol=1e-6)
     h = bundle.session_vectors(states)
     for batched, q, row in zip(bundle.rank(h, queries), queries, h, strict=True):
@@ -140,7 +142,8 @@ def test_a_lone_request_does_not_wait_for_company():
 
 
 def test_without_the_kernels_pytorch_ranks_the_same(monkeypatch):
-    """No C compiler (or GRU4REC_NATIVE=0): exact scoring through MKL gives the same answers."""
+    """No C compiler (or GRU4REC_NATIVE=0): session steps in PyTorch and exact scoring through MKL give
+    the same answers."""
     native.library.cache_clear()
     monkeypatch.setenv("GRU4REC_NATIVE", "0")
     try:
@@ -150,9 +153,13 @@ def test_without_the_kernels_pytorch_ranks_the_same(monkeypatch):
         native.library.cache_clear()
     kernels = load_bundle(model_big(), RetrievalSettings(mode="exact"), warmup_steps=1)
     assert fallback.score_table is None and fallback.out_t is not None and kernels.score_table is not None
+    assert fallback.gru_steps is None and kernels.gru_steps is not None
     steps, queries = _random_work(kernels, 16, seed=3)
     queries = [q for q in queries if q.include is None]
-    h = kernels.session_vectors(kernels.advance(np.zeros((16, kernels.state_size), dtype=np.float32), steps))[: len(queries)]
+    zeros = np.zeros((16, kernels.state_size), dtype=np.float32)
+    states = kernels.advance(zeros, steps)
+    np.testing.assert_allclose(states, fallback.advance(zeros, steps), rtol=1e-5, atol=1e-6)
+    h = kernels.session_vectors(states)[: len(queries)]
     for rows in (slice(None), slice(0, 1)):  # a batch (MKL: the table times the columns) and a lone session
         for ours, theirs in zip(kernels.rank(h[rows], queries[rows]), fallback.rank(h[rows], queries[rows]), strict=True):
             _same(ours, theirs)

@@ -430,3 +430,72 @@ def test_output_rows_update_refuses_bad_rows():
         native.output_rows_update(opt, W, b, torch.tensor([1, 2]), torch.ones(3, 2), *args[1:], torch.tensor([0]),
                                   torch.ones(1, 2))
     assert torch.equal(W, torch.zeros(4, 2)) and torch.equal(b, torch.zeros(4, 1))
+
+
+GRU_MODES = [dict(layers=(100,)), dict(layers=(64, 32), constrained_embedding=False, embedding=48),
+             dict(layers=(50, 40, 30), constrained_embedding=False), dict(layers=(70, 130))]
+
+
+def _random_model(n_items: int, seed: int = 0, **config):
+    from gru4rec.model.config import ModelConfig
+    from gru4rec.model.network import GRU4Rec
+
+    torch.manual_seed(seed)
+    model = GRU4Rec(n_items, ModelConfig(**config)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)  # biases too, and larger than the initialisation: every term counts
+    return model
+
+
+@pytest.mark.parametrize("config", GRU_MODES, ids=["shared", "separate-2-layers", "one-hot-3-layers", "shared-2-layers"])
+def test_gru_steps_are_the_model_step_and_independent_of_the_batch(ops, config):
+    model = _random_model(500, **config)
+    steps = native.GRUSteps(model)
+    rng = np.random.default_rng(1)
+    states = rng.normal(size=(9, sum(config["layers"]))).astype(np.float32)
+    for _ in range(3):  # a few steps in a row, from states that are not zero
+        items = rng.integers(0, 500, size=9)
+        with torch.inference_mode():
+            expected = model.step_packed(torch.from_numpy(items), torch.from_numpy(states)).numpy()
+        batched = states.copy()
+        steps.step(batched, np.arange(9), items)
+        assert np.allclose(batched, expected, rtol=1e-5, atol=2e-6)
+        for rows in ([4], [8, 0, 3], [1, 2, 5, 6, 7]):  # alone and in other company: the same bits
+            some = states.copy()
+            steps.step(some, np.array(rows), items[rows])
+            assert np.array_equal(some[rows], batched[rows])
+            others = np.setdiff1d(np.arange(9), rows)
+            assert np.array_equal(some[others], states[others])  # rows not named are left alone
+        states = batched
+
+
+def test_gru_steps_refuse_what_does_not_fit(ops):
+    model = _random_model(20, layers=(8,))
+    steps = native.GRUSteps(model)
+    states = np.zeros((3, 8), dtype=np.float32)
+    with pytest.raises(IndexError):
+        steps.step(states, np.array([0, 1]), np.array([0, 20]))
+    with pytest.raises(IndexError):
+        steps.step(states, np.array([0, 3]), np.array([0, 1]))
+    assert not states.any()  # nothing was written
+    with pytest.raises(ValueError, match="state of 8"):
+        steps.step(np.zeros((3, 9), dtype=np.float32), np.array([0]), np.array([0]))
+    with pytest.raises(ValueError, match="rows"):
+        steps.step(states, np.array([0.0]), np.array([0]))
+
+
+def test_gru_steps_without_avx512_are_the_same_computation(ops, without_avx512):
+    model = _random_model(300, layers=(37, 20))
+    rng = np.random.default_rng(2)
+    states, items = rng.normal(size=(6, 57)).astype(np.float32), rng.integers(0, 300, size=6)
+    with torch.inference_mode():
+        expected = model.step_packed(torch.from_numpy(items), torch.from_numpy(states)).numpy()
+    steps = native.GRUSteps(model)
+    batched = states.copy()
+    steps.step(batched, np.arange(6), items)
+    assert np.allclose(batched, expected, rtol=1e-5, atol=2e-6)
+    alone = states.copy()
+    for r in range(6):
+        steps.step(alone, np.array([r]), items[r : r + 1])
+    assert np.array_equal(alone, batched)

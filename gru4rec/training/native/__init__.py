@@ -45,6 +45,7 @@ from torch import Tensor
 from gru4rec.training.losses import EPS, OutputLoss
 
 if TYPE_CHECKING:
+    from gru4rec.model.network import GRU4Rec
     from gru4rec.training.optim import AdagradMomentum
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,8 @@ _SIGNATURES = {
     "g4r_screen": (None, [_P, _P, _P, _I, _I, _I, _P]),
     "g4r_refine": (_I, [_P, _P, _P, _F, _F, _P, _P, _P, _I, _I, _I, _I, _P, _P, _P, _P]),
     "g4r_mm": (_I, [_I, _I, _I, _P, _I, _I, _P, _I, _I, _P, _I, _I]),
+    "g4r_gru_rows": (_I, [_P, _I, _P, _I, _I, _P, _P, _P, _P, _I, _P, _I, _I, _P, _I, _I, _P]),
+    "g4r_onehot_rows": (_I, [_P, _P, _I, _P, _P, _P, _I, _P, _I, _I, _P, _I, _I, _P]),
 }
 
 
@@ -459,3 +462,74 @@ def _up(x: np.ndarray) -> np.ndarray:
     """float64 values as float32, rounded up (a bound must not shrink)."""
     y = x.astype(np.float32)
     return np.where(y.astype(np.float64) < x, np.nextafter(y, np.float32(np.inf)), y).astype(np.float32)
+
+
+class GRUSteps:
+    """The model's GRU layers for the service: steps of a batch of sessions on the packed state
+    [sessions, sum(layer sizes)] the service stores (GRU4Rec.step_packed's), in g4r_gru_rows /
+    g4r_onehot_rows. A served step of a few sessions is ~100 µs of PyTorch's per-op overhead around a
+    few µs of arithmetic; here it is the arithmetic and one call per layer. Each session's sums are
+    the same operations whatever it is batched with, so its new state is too, bit for bit."""
+
+    ROWS_AT_ONCE = 4  # AFFINE_ROWS in kernels.c
+
+    def __init__(self, model: GRU4Rec) -> None:
+        lib = library()
+        if lib is None:
+            raise RuntimeError("the native kernels are not available")
+        self.lib = lib
+        self.state_size = int(sum(model.layer_sizes))
+        self.n_items = model.n_items
+        offsets = np.cumsum((0, *model.layer_sizes)).tolist()
+        self._keep: list[Tensor] = []  # the tensors whose memory the pointers below address
+        self.onehot: tuple[int, ...] | None = None
+        if model.onehot is not None:  # layer 0 reads the one-hot input: its own gate form
+            cell = model.onehot
+            self.onehot = (*self._pointers(cell.Wx.weight, cell.bias, cell.Wrz, cell.Wh), cell.hidden_size)
+        table = (model.Wy if model.E is None else model.E).weight
+        # per GRUCell: its input (an item table, or None: the layer below, whose offset follows), the
+        # input size, W_ih^T, b_ih, W_hh^T, b_hh, its size and offset in the state
+        self.cells: list[tuple] = []
+        for i, cell in enumerate(model.cells):
+            layer = i + (self.onehot is not None)
+            source = self._pointers(table)[0] if layer == 0 else None
+            weights = self._pointers(cell.weight_ih.T, cell.bias_ih, cell.weight_hh.T, cell.bias_hh)
+            self.cells.append((source, offsets[layer - 1] if layer else 0, cell.input_size, *weights, cell.hidden_size,
+                               offsets[layer]))
+        self._work_floats = 6 * self.ROWS_AT_ONCE * max(model.layer_sizes)
+        self._scratch = threading.local()
+
+    def _pointers(self, *tensors: Tensor) -> list[int]:
+        kept = [t.detach().contiguous() for t in tensors]
+        self._keep += kept
+        return [_ptr(t) for t in kept]
+
+    def step(self, states: np.ndarray, rows: np.ndarray, items: np.ndarray) -> None:
+        """Feed items[i] to session rows[i] of `states` (float32 [sessions, state size], changed in
+        place; int64 rows, none repeated, and items)."""
+        if states.dtype != np.float32 or states.ndim != 2 or states.shape[1] != self.state_size or not states.flags.c_contiguous:
+            raise ValueError(f"GRUSteps: states {states.dtype} {states.shape} for a state of {self.state_size}")
+        if rows.dtype != np.int64 or items.dtype != np.int64 or rows.shape != items.shape or rows.ndim != 1:
+            raise ValueError(f"GRUSteps: rows {rows.dtype} {rows.shape} and items {items.dtype} {items.shape}")
+        rows, items = np.ascontiguousarray(rows), np.ascontiguousarray(items)
+        B, n_s, ld = len(rows), len(states), self.state_size
+        S, srows, item_ptr, work = states.ctypes.data, rows.ctypes.data, items.ctypes.data, self._work()
+        failed = False
+        if self.onehot is not None:
+            Wx, bias, Wrz, Wh, H = self.onehot
+            failed = self.lib.g4r_onehot_rows(Wx, item_ptr, self.n_items, bias, Wrz, Wh, H, S, ld, 0, srows, n_s, B, work) < 0
+        for source, below, K, WiT, bi, WhT, bh, H, offset in self.cells:
+            if source is not None:  # an item's input row
+                X, ldx, xrows, n_x = source, K, item_ptr, self.n_items
+            else:  # the layer below, already stepped, in the same rows
+                X, ldx, xrows, n_x = S + 4 * below, ld, srows, n_s
+            failed = failed or self.lib.g4r_gru_rows(X, ldx, xrows, n_x, K, WiT, bi, WhT, bh, H, S, ld, offset, srows, n_s, B, work) < 0
+        if failed:
+            raise IndexError(f"GRUSteps: an item outside [0, {self.n_items}) or a row outside [0, {n_s})")
+
+    def _work(self) -> int:
+        """This thread's scratch for the kernels."""
+        buffer = getattr(self._scratch, "buffer", None)
+        if buffer is None:
+            buffer = self._scratch.buffer = np.empty(self._work_floats, dtype=np.float32)
+        return buffer.ctypes.data

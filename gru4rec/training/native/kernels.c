@@ -726,3 +726,140 @@ int64_t g4r_refine(const float *restrict A, const float *restrict c, const float
     }
     return most;
 }
+
+/* ---- the service's GRU steps ----
+ * A session's state is a row of S (its layers' hidden states side by side); a step updates the rows
+ * srows[0..B) of S in place, one row at a time, so a session's new state is the same bit for bit
+ * whatever it is batched with. Matrices are given transposed, [inputs x outputs], so that every
+ * product is a sum of weight rows scaled by the input's values (vectorised over the outputs). */
+
+/* y_r[0..N) = bias + sum_k x_r[k] WT[k, 0..N) for nrows rows x_r at once (y_r = y + r N): AFFINE_BLOCK
+ * outputs of every row at a time, so that their sums stay in registers while the weight rows stream
+ * by once for all the rows (from L2: that stream, not the arithmetic, is the cost). Each output is the
+ * same sequence of fused multiply-adds whatever nrows is, which is a constant at each call (inlined). */
+#define AFFINE_BLOCK 64
+#define AFFINE_ROWS 4
+static inline __attribute__((always_inline)) void affine_rows(const int nrows, const float *const *x, int64_t K,
+                                                             const float *restrict WT, const float *restrict bias,
+                                                             int64_t N, float *restrict y) {
+    int64_t j0 = 0;
+    for (; j0 + AFFINE_BLOCK <= N; j0 += AFFINE_BLOCK) {
+        float acc[AFFINE_ROWS][AFFINE_BLOCK];
+        for (int r = 0; r < nrows; ++r) memcpy(acc[r], bias + j0, sizeof acc[r]);
+        for (int64_t k = 0; k < K; ++k) {
+            const float *restrict w = WT + k * N + j0;
+            for (int r = 0; r < nrows; ++r) {
+                const float xk = x[r][k];
+#pragma omp simd
+                for (int64_t j = 0; j < AFFINE_BLOCK; ++j) acc[r][j] += xk * w[j];
+            }
+        }
+        for (int r = 0; r < nrows; ++r) memcpy(y + r * N + j0, acc[r], sizeof acc[r]);
+    }
+    if (j0 < N) {
+        for (int r = 0; r < nrows; ++r) memcpy(y + r * N + j0, bias + j0, sizeof(float) * (size_t)(N - j0));
+        for (int64_t k = 0; k < K; ++k) {
+            const float *restrict w = WT + k * N;
+            for (int r = 0; r < nrows; ++r) {
+                const float xk = x[r][k];
+                float *restrict yr = y + r * N;
+#pragma omp simd
+                for (int64_t j = j0; j < N; ++j) yr[j] += xk * w[j];
+            }
+        }
+    }
+}
+
+/* affine_rows for nr <= AFFINE_ROWS rows, with nr turned into a constant */
+static void affine(int64_t nr, const float *const *x, int64_t K, const float *restrict WT, const float *restrict bias,
+                   int64_t N, float *restrict y) {
+    switch (nr) {
+        case 4: affine_rows(4, x, K, WT, bias, N, y); break;
+        case 3: affine_rows(3, x, K, WT, bias, N, y); break;
+        case 2: affine_rows(2, x, K, WT, bias, N, y); break;
+        default: affine_rows(1, x, K, WT, bias, N, y); break;
+    }
+}
+
+static int rows_in_range(const int64_t *rows, int64_t B, int64_t n) {
+    for (int64_t b = 0; b < B; ++b)
+        if (rows[b] < 0 || rows[b] >= n) return 0;
+    return 1;
+}
+
+/* nn.GRUCell on the hidden state at column hoff of each row srows[b] of S (row stride ldS):
+ * gi = W_ih x + b_ih, gh = W_hh h + b_hh (gate blocks r, z, n), r, z = sigmoid(gi + gh),
+ * n = tanh(gi_n + r gh_n), h' = n + z (h - n), as g4r_gru_forward. The input x of row b is row
+ * xrows[b] of X (row stride ldx): an item's embedding, or the layer below in S itself (whose new value
+ * is already there). WiT [K x 3H], WhT [H x 3H]; work: 6 AFFINE_ROWS H floats. Returns -1 (nothing
+ * written) when an index is outside [0, n_x) or [0, n_s). Rows must not repeat. */
+int64_t g4r_gru_rows(const float *X, int64_t ldx, const int64_t *xrows, int64_t n_x, int64_t K,
+                     const float *restrict WiT, const float *restrict bi, const float *restrict WhT,
+                     const float *restrict bh, int64_t H, float *S, int64_t ldS, int64_t hoff,
+                     const int64_t *srows, int64_t n_s, int64_t B, float *restrict work) {
+    if (!rows_in_range(xrows, B, n_x) || !rows_in_range(srows, B, n_s)) return -1;
+    float *gi = work, *gh = work + AFFINE_ROWS * 3 * H;
+    for (int64_t b0 = 0; b0 < B; b0 += AFFINE_ROWS) {
+        const int64_t nr = B - b0 < AFFINE_ROWS ? B - b0 : AFFINE_ROWS;
+        const float *x[AFFINE_ROWS], *hs[AFFINE_ROWS];
+        for (int64_t r = 0; r < nr; ++r) {
+            x[r] = X + xrows[b0 + r] * ldx;
+            hs[r] = S + srows[b0 + r] * ldS + hoff;
+        }
+        affine(nr, x, K, WiT, bi, 3 * H, gi);  /* every input before any state changes: x may be in S */
+        affine(nr, hs, H, WhT, bh, 3 * H, gh);
+        for (int64_t r = 0; r < nr; ++r) {
+            float *h = S + srows[b0 + r] * ldS + hoff;
+            const float *gir = gi + r * 3 * H, *ghr = gh + r * 3 * H;
+#pragma omp simd
+            for (int64_t j = 0; j < H; ++j) {
+                float rg = sigmoid_f32(gir[j] + ghr[j]);
+                float z = sigmoid_f32(gir[H + j] + ghr[H + j]);
+                float n = tanh_f32(gir[2 * H + j] + rg * ghr[2 * H + j]);
+                h[j] = n + z * (h[j] - n);
+            }
+        }
+    }
+    return 0;
+}
+
+/* The one-hot input layer (gru4rec.model.network.OneHotGRUCell) on the hidden state at column hoff
+ * of each row srows[b] of S: vx = Wx[item] + bias (blocks candidate, r, z), vh = h Wrz (blocks r, z),
+ * r, z = sigmoid(vx + vh), c = tanh((r h) Wh + vx_c), h' = (1 - z) h + z c. Wx [n_items x 3H],
+ * Wrz [H x 2H], Wh [H x H] as the module holds them; work: (4 AFFINE_ROWS + 2) H floats. Returns -1
+ * (nothing written) when an index is outside [0, n_items) or [0, n_s). Rows must not repeat. */
+int64_t g4r_onehot_rows(const float *restrict Wx, const int64_t *items, int64_t n_items, const float *restrict bias,
+                        const float *restrict Wrz, const float *restrict Wh, int64_t H, float *S, int64_t ldS,
+                        int64_t hoff, const int64_t *srows, int64_t n_s, int64_t B, float *restrict work) {
+    if (!rows_in_range(items, B, n_items) || !rows_in_range(srows, B, n_s)) return -1;
+    float *vh = work, *rh = work + AFFINE_ROWS * 2 * H, *c = work + AFFINE_ROWS * 3 * H;
+    float *zero = work + AFFINE_ROWS * 4 * H;
+    memset(zero, 0, sizeof(float) * (size_t)(2 * H));
+    for (int64_t b0 = 0; b0 < B; b0 += AFFINE_ROWS) {
+        const int64_t nr = B - b0 < AFFINE_ROWS ? B - b0 : AFFINE_ROWS;
+        const float *hs[AFFINE_ROWS], *rhs[AFFINE_ROWS];
+        for (int64_t r = 0; r < nr; ++r) {
+            hs[r] = S + srows[b0 + r] * ldS + hoff;
+            rhs[r] = rh + r * H;
+        }
+        affine(nr, hs, H, Wrz, zero, 2 * H, vh);
+        for (int64_t r = 0; r < nr; ++r) {
+            const float *vx = Wx + items[b0 + r] * 3 * H, *h = hs[r], *vhr = vh + r * 2 * H;
+            float *rhr = rh + r * H;
+#pragma omp simd
+            for (int64_t j = 0; j < H; ++j) rhr[j] = sigmoid_f32(vx[H + j] + bias[H + j] + vhr[j]) * h[j];
+        }
+        affine(nr, rhs, H, Wh, zero, H, c);
+        for (int64_t r = 0; r < nr; ++r) {
+            const float *vx = Wx + items[b0 + r] * 3 * H, *vhr = vh + r * 2 * H, *cr = c + r * H;
+            float *h = S + srows[b0 + r] * ldS + hoff;
+#pragma omp simd
+            for (int64_t j = 0; j < H; ++j) {
+                float z = sigmoid_f32(vx[2 * H + j] + bias[2 * H + j] + vhr[H + j]);
+                float cand = tanh_f32(cr[j] + (vx[j] + bias[j]));
+                h[j] = (1.0f - z) * h[j] + z * cand;
+            }
+        }
+    }
+    return 0;
+}
