@@ -191,13 +191,36 @@ def _table_top_k(table: native.ScoreTable, h: torch.Tensor, k: int) -> tuple[tor
     return table.top_k(table.screen(h), h, k)
 
 
+def _check_the_bound(table: native.ScoreTable, weights: torch.Tensor, bias: torch.Tensor, h: torch.Tensor) -> None:
+    """The panels hold q = round(w / s) (+ 128), and every approximate score is within the error bound
+    that g4r_refine relies on, computed here in float64 from its definition (kernels.c)."""
+    n, d = weights.shape
+    panels = table.panels.transpose(0, 2, 1, 3).reshape(-1, table.panels.shape[1] * 4)[:n]
+    q = panels.astype(np.float64) - 128
+    assert not q[:, d:].any() and np.abs(q).max() <= 127
+    w, s = weights.double().numpy(), table.scale[:n].astype(np.float64)
+    w_hat = q[:, :d] * s[:, None]
+    assert (np.abs(w - w_hat) <= s[:, None] / 2 * (1 + 1e-6)).all()
+    assert (table.nrm >= np.linalg.norm(w, axis=1)).all()
+    assert (table.c >= np.linalg.norm(w - w_hat, axis=1)).all()
+    approx = table.screen(h).double().numpy()
+    hd = h.double().numpy()
+    for r in range(len(hd)):
+        t = np.float32(np.abs(h[r].numpy()).max() / np.float32(127))
+        h_hat = np.rint(h[r].numpy() / t).astype(np.float64) * float(t)
+        g = (2 * d + 4) * 2.0**-24
+        bound = ((g * np.linalg.norm(hd[r]) + np.linalg.norm(hd[r] - h_hat)) * table.nrm + np.linalg.norm(h_hat) * table.c
+                 + table.beta)
+        exact = w @ hd[r] + bias.double().numpy()
+        assert (np.abs(exact - approx[r]) <= bound).all()
+
+
 @pytest.mark.parametrize("d, n", [(100, 37_286), (7, 300), (1, 256), (64, 5), (3, 65)])
 def test_score_table_gives_the_exact_top_k_whatever_the_batch(ops, d, n):
     g = torch.Generator().manual_seed(d + n)
     weights, bias, h = torch.randn(n, d, generator=g), torch.randn(n, generator=g), torch.randn(9, d, generator=g)
     table = native.ScoreTable(weights, bias)
-    # the panels hold the rows rounded as the error bounds assume
-    assert torch.equal(table.panels.transpose(1, 2).reshape(-1, d)[:n], weights.to(torch.bfloat16))
+    _check_the_bound(table, weights, bias, h)
     k = min(20, n)
     values, indices = _table_top_k(table, h, k)
     if n > 1000:  # the bounds are tight: a few more than k items are scored exactly, not the catalogue
@@ -214,8 +237,9 @@ def test_score_table_gives_the_exact_top_k_whatever_the_batch(ops, d, n):
         assert torch.equal(alone[0], values[r : r + 1]) and torch.equal(alone[1], indices[r : r + 1])
 
 
-def test_score_table_is_exact_where_bfloat16_cannot_tell_items_apart(ops):
-    """Items a thousandth apart (bfloat16 keeps 8 bits) and exact duplicates (ties: the lower index first)."""
+def test_score_table_is_exact_where_8_bits_cannot_tell_items_apart(ops):
+    """Items a thousandth apart (the 8-bit table resolves a 127th of the largest weight) and exact
+    duplicates (ties: the lower index first)."""
     g = torch.Generator().manual_seed(5)
     base = torch.randn(1, 48, generator=g)
     weights = base * (1 + 1e-3 * torch.randn(400, 1, generator=g)) + 1e-4 * torch.randn(400, 48, generator=g)
@@ -224,7 +248,7 @@ def test_score_table_is_exact_where_bfloat16_cannot_tell_items_apart(ops):
     bias[200:260] = bias[100:160]
     h = torch.cat([base, -base, torch.randn(2, 48, generator=g)])
     table, every_item = native.ScoreTable(weights, bias), native.ScoreTable(weights, bias)
-    every_item.c, every_item.c_max = torch.full_like(every_item.c, math.inf), math.inf  # no item ruled out: all scored exactly
+    every_item.c[:], every_item.c_max = math.inf, math.inf  # no item ruled out: all scored exactly
     for k in (1, 20, 400):
         values, indices = _table_top_k(table, h, k)
         assert torch.equal(values, _table_top_k(every_item, h, k)[0])
@@ -264,9 +288,12 @@ def test_score_table_refuses_what_does_not_fit(ops):
         native.ScoreTable(torch.randn(50, 8), torch.randn(49))
 
 
+DEFAULT_TUNING = native.TUNING_FLAGS
+
+
 @pytest.fixture
 def without_avx512(monkeypatch, tmp_path):
-    """The kernels as built for a processor without AVX-512 (narrower score panels, groups of three)."""
+    """The kernels as built for a processor without AVX-512 (no VNNI byte products: plain C loops)."""
     import platform
 
     if platform.machine() not in ("x86_64", "AMD64"):
@@ -281,17 +308,22 @@ def without_avx512(monkeypatch, tmp_path):
         native.library.cache_clear()
 
 
-def test_score_table_without_avx512_is_the_same_computation(ops, without_avx512):
-    assert native.library().g4r_score_panel() == 32
+def test_score_table_without_avx512_is_the_same_computation(ops, without_avx512, monkeypatch):
+    assert native.library().g4r_score_vnni() == 0
     g = torch.Generator().manual_seed(3)
     weights, bias, h = torch.randn(1_000, 24, generator=g), torch.randn(1_000, generator=g), torch.randn(7, 24, generator=g)
     table = native.ScoreTable(weights, bias)
+    _check_the_bound(table, weights, bias, h)
     values, indices = _table_top_k(table, h, 20)
     for b in (1, 2, 3, 4, 7):
         sub = _table_top_k(table, h[:b].contiguous(), 20)
         assert torch.equal(sub[0], values[:b]) and torch.equal(sub[1], indices[:b])
     for r in range(7):
         assert indices[r].tolist() == _exact_top_k(weights, bias, h[r], 20)[0]
+    plain_c = table.screen(h).clone()
+    monkeypatch.setattr(native, "TUNING_FLAGS", DEFAULT_TUNING)  # back to this processor's own build
+    native.library.cache_clear()
+    assert torch.equal(native.ScoreTable(weights, bias).screen(h), plain_c)  # integer sums: the same on every processor
 
 
 @pytest.mark.parametrize("mm", ["auto", "1"], ids=["mm-chosen", "mm-blocked"])

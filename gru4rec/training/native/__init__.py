@@ -71,8 +71,9 @@ _SIGNATURES = {
     "g4r_output_rows_update": (_I, [_P, _P, _P, _P, _P, _P, _I, _I, _P, _I, _P, _P, _P, _P, _P, _I, _F, _F, _F]),
     "g4r_alias_table": (None, [_P, _I, _P, _P, _P, _P]),
     "g4r_score_panel": (_I, []),
-    "g4r_screen": (None, [_P, _P, _P, _I, _I, _I, _P]),
-    "g4r_refine": (_I, [_P, _P, _P, _F, _F, _P, _P, _P, _I, _I, _I, _I, _P, _P, _P, _P]),
+    "g4r_score_vnni": (_I, []),
+    "g4r_screen": (None, [_P, _P, _P, _P, _I, _I, _I, _P, _P]),
+    "g4r_refine": (_I, [_P, _P, _P, _P, _F, _F, _F, _P, _P, _P, _I, _I, _I, _I, _P, _P, _P, _P, _P]),
     "g4r_mm": (_I, [_I, _I, _I, _P, _I, _I, _P, _I, _I, _P, _I, _I]),
     "g4r_gru_rows": (_I, [_P, _I, _P, _I, _I, _P, _P, _P, _P, _I, _P, _I, _I, _P, _I, _I, _P]),
     "g4r_onehot_rows": (_I, [_P, _P, _I, _P, _P, _P, _I, _P, _I, _I, _P, _I, _I, _P]),
@@ -384,13 +385,14 @@ def alias_table(scaled: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 class ScoreTable:
-    """The output layer (item rows W [n_items, d] and their bias) for the service's exact top-k: a
-    bfloat16 copy in panels of a few dozen items ([d, panel] each, contiguous), read once per batch
-    for approximate scores (half the bytes of float32: in a busy server the read is the cost), each
-    item's bound on the approximation's error, and the float32 rows for scoring the few items that
-    the bounds cannot rule out (see g4r_refine in kernels.c). Memory: the model's rows plus half."""
+    """The output layer (item rows W [n_items, d] and their bias) for the service's exact top-k: an
+    8-bit copy in panels of 64 items, read once per batch for approximate scores (a quarter of the
+    bytes of float32: in a busy server the read is the cost), each item's terms of the
+    approximation's error bound, and the float32 rows for scoring the few items that the bounds cannot
+    rule out (see g4r_screen and g4r_refine in kernels.c). Memory: the model's rows plus a third."""
 
-    ROWS_AT_ONCE = 1_024  # rows per chunk when the bounds are computed (float64 temporaries under 1 MB)
+    ROWS_AT_ONCE = 1_024  # rows per chunk when the table is built (float64 temporaries under 1 MB)
+    MAX_DIM = 1_024  # SCORE_MAX_DIM in kernels.c: integer sums stay exact in float32
 
     def __init__(self, weights: Tensor, bias: Tensor) -> None:
         lib = library()
@@ -399,41 +401,56 @@ class ScoreTable:
         n, d = weights.shape
         if weights.dtype != torch.float32 or bias.shape != (n,):
             raise ValueError(f"ScoreTable: weights {weights.dtype} {tuple(weights.shape)} and bias {tuple(bias.shape)} do not fit")
+        if d > self.MAX_DIM:
+            raise ValueError(f"ScoreTable: rows of {d} values, over the kernels' {self.MAX_DIM}")
         self.weights, self.bias = weights.contiguous(), bias.contiguous()
         self.n_items, self.dim = n, d
-        width = int(lib.g4r_score_panel())
-        full, padded = n // width, -(-n // width) * width
-        self.panels = torch.zeros(padded // width, d, width, dtype=torch.bfloat16)  # [n / width, d, width]
-        self.panels[:full] = self.weights[: full * width].view(full, width, d).transpose(1, 2)  # rounds to nearest
-        if full * width < n:
-            self.panels[full, :, : n - full * width] = self.weights[full * width :].T
-        self.padded_bias = torch.zeros(padded)
-        self.padded_bias[:n] = self.bias
-        self.c, self.beta = self._bounds()
-        self.c_max, self.beta_max = float(self.c.max()), float(self.beta.max())  # float32 values: exact
+        width, d4 = int(lib.g4r_score_panel()), -(-d // 4)
+        padded = -(-n // width) * width
+        # [panels, d / 4, width, 4]: 4 dims of an item side by side (q + 128; padding q = 0)
+        self.panels = np.full((padded // width, d4, width, 4), 128, dtype=np.uint8)
+        self.scale, self.padded_bias = np.zeros(padded, dtype=np.float32), np.zeros(padded, dtype=np.float32)
+        self.padded_bias[:n] = self.bias.numpy()
+        self.nrm, self.c = np.empty(n, dtype=np.float32), np.empty(n, dtype=np.float32)
+        for lo in range(0, n, self.ROWS_AT_ONCE):
+            self._quantise_rows(lo, min(n, lo + self.ROWS_AT_ONCE))
+        g = (2 * d + 4) * 2.0**-24
+        self.beta = _up((g + 4 * 2.0**-24) * np.abs(self.bias.numpy().astype(np.float64)))
+        self.n_max, self.c_max, self.beta_max = float(self.nrm.max()), float(self.c.max()), float(self.beta.max())  # exact
+        # raw pointers, once: numpy's .ctypes costs microseconds per use, and these are used per batch
+        self._table = [a.ctypes.data for a in (self.panels, self.scale, self.padded_bias)]
+        self._terms = [a.ctypes.data for a in (self.nrm, self.c, self.beta)]
         self._scratch = threading.local()
         self.scored_exactly = 0  # the most items one session of the last top_k scored exactly (diagnostics)
 
-    def _bounds(self) -> tuple[Tensor, Tensor]:
-        """Per item: c = |w - bf16(w)| + g (|w| + |bf16(w)|) and beta = 2 g |b|, rounded up to float32."""
-        g = (2 * self.dim + 4) * 2.0**-24
-        c = np.empty(self.n_items, dtype=np.float32)
-        for lo in range(0, self.n_items, self.ROWS_AT_ONCE):
-            rows = self.weights[lo : lo + self.ROWS_AT_ONCE]
-            w = rows.numpy().astype(np.float64)
-            wb = rows.to(torch.bfloat16).float().numpy().astype(np.float64)  # the same rounding as the panels
-            exact = np.linalg.norm(w - wb, axis=1) + g * (np.linalg.norm(w, axis=1) + np.linalg.norm(wb, axis=1))
-            c[lo : lo + len(w)] = _up(exact)
-        beta = _up(2 * g * np.abs(self.bias.numpy().astype(np.float64)))
-        return torch.from_numpy(c), torch.from_numpy(beta)
+    def _quantise_rows(self, lo: int, hi: int) -> None:
+        """Rows lo..hi: q = round(w / s), s = max|w| / 127 (float32, as the kernel multiplies), into the
+        panels; |w| and |w - s q| + 4 u |s q|, rounded up, into the bound's terms."""
+        w = self.weights[lo:hi].numpy().astype(np.float64)
+        scale = (np.abs(w).max(axis=1) / 127).astype(np.float32)
+        q = np.clip(np.rint(w / np.where(scale > 0, scale, 1).astype(np.float64)[:, None]), -127, 127)
+        w_hat = q * scale.astype(np.float64)[:, None]
+        self.scale[lo:hi] = scale
+        self.nrm[lo:hi] = _up(np.linalg.norm(w, axis=1))
+        self.c[lo:hi] = _up(np.linalg.norm(w - w_hat, axis=1) + 4 * 2.0**-24 * np.linalg.norm(w_hat, axis=1))
+        width = self.panels.shape[2]
+        stored = np.zeros((hi - lo, self.panels.shape[1] * 4), dtype=np.uint8) + 128
+        stored[:, : self.dim] = (q + 128).astype(np.uint8)
+        for j in range(lo, hi, width):  # whole panels, or the part of one that these rows fill
+            panel, at = divmod(j, width)
+            rows = stored[j - lo : min(hi, j + width - at) - lo]
+            self.panels[panel, :, at : at + len(rows)] = rows.reshape(len(rows), -1, 4).transpose(1, 0, 2)
 
     def screen(self, h: Tensor) -> Tensor:
-        """Approximate scores [sessions, n_items] of session rows h [sessions, d] (the bfloat16 table)."""
+        """Approximate scores [sessions, n_items] of session rows h [sessions, d] (the 8-bit table), in
+        this thread's scratch: valid until its next `screen`."""
         if h.dim() != 2 or h.shape[1] != self.dim:
             raise ValueError(f"ScoreTable: h {tuple(h.shape)} does not fit a table of dimension {self.dim}")
-        out = torch.empty((h.shape[0], self.n_items), dtype=torch.float32)
-        library().g4r_screen(self.panels.data_ptr(), _ptr(self.padded_bias), _ptr(h), h.shape[0], self.n_items, self.dim, _ptr(out))
-        return out
+        b = h.shape[0]
+        out, out_ptr = self._buffer("approx", (b, self.n_items), np.float32)
+        _, qwork = self._buffer("qh", (b, self.panels.shape[1] * 4), np.int8)
+        library().g4r_screen(*self._table, _ptr(h), b, self.n_items, self.dim, qwork, out_ptr)
+        return torch.from_numpy(out)
 
     def top_k(self, approx: Tensor, h: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """The exact float32 top-k ([sessions, k] values and item indices, best first, ties to the lower
@@ -442,20 +459,28 @@ class ScoreTable:
         b, n = approx.shape
         if n != self.n_items or h.shape != (b, self.dim) or not 0 < k <= n:
             raise ValueError(f"ScoreTable.top_k: scores {tuple(approx.shape)}, h {tuple(h.shape)}, k = {k} do not fit")
-        work, cand = self._work()
+        _, work = self._buffer("work", (2 * n,), np.float32)  # N + k of each, k <= N
+        _, cand = self._buffer("cand", (2 * n,), np.int64)
+        _, qwork = self._buffer("qh1", (self.panels.shape[1] * 4,), np.int8)
         values, indices = torch.empty((b, k)), torch.empty((b, k), dtype=_LONG)
         self.scored_exactly = library().g4r_refine(
-            _ptr(approx), _ptr(self.c), _ptr(self.beta), self.c_max, self.beta_max, _ptr(self.weights), _ptr(self.bias),
-            _ptr(h), b, n, self.dim, k, _ptr(work), _ptr(cand, _LONG), _ptr(values), _ptr(indices, _LONG))
+            _ptr(approx), *self._terms, self.n_max, self.c_max, self.beta_max, _ptr(self.weights), _ptr(self.bias), _ptr(h),
+            b, n, self.dim, k, work, cand, qwork, _ptr(values), _ptr(indices, _LONG))
         return values, indices
 
-    def _work(self) -> tuple[Tensor, Tensor]:
-        """This thread's scratch for g4r_refine (kept: fresh pages on every call would cost more than the work)."""
-        scratch = getattr(self._scratch, "buffers", None)
-        if scratch is None:
-            size = 2 * self.n_items  # N + k of each, k <= N
-            scratch = self._scratch.buffers = (torch.empty(size), torch.empty(size, dtype=_LONG))
-        return scratch
+    def _buffer(self, name: str, shape: tuple[int, ...], dtype: type) -> tuple[np.ndarray, int]:
+        """This thread's scratch array `name` and its address, kept from call to call: fresh pages on every
+        call cost more than the work. The approximate scores `screen` returns live in one, until its
+        next call in the same thread."""
+        buffers = getattr(self._scratch, "buffers", None)
+        if buffers is None:
+            buffers = self._scratch.buffers = {}
+        size = math.prod(shape)
+        kept = buffers.get(name)
+        if kept is None or kept[0].size < size:
+            array = np.empty(max(size, 2 * (0 if kept is None else kept[0].size)), dtype=dtype)
+            kept = buffers[name] = (array, array.ctypes.data)
+        return kept[0][:size].reshape(shape), kept[1]
 
 
 def _up(x: np.ndarray) -> np.ndarray:

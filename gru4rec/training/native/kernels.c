@@ -5,7 +5,7 @@
  * specification and the tests compare the two. Matrix products are PyTorch's (MKL / oneDNN), except
  * where g4r_mm, timed against them on the step's own shapes, is faster (AVX-512 AMD processors,
  * where MKL takes its AVX2 path; see docs/results.md). g4r_screen and g4r_refine serve the service's
- * exact top-k.
+ * exact top-k, g4r_gru_rows and g4r_onehot_rows its session steps.
  *
  * Plain C99 with no Python or PyTorch headers: the module is compiled on first use in well under a
  * second and called through ctypes with raw pointers. All matrices are dense, row-major, float32;
@@ -13,6 +13,7 @@
  * and reports a bad one instead of touching memory. Inner loops carry `omp simd` so that they
  * vectorise (compiled with -fopenmp-simd: no OpenMP runtime).
  */
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -487,83 +488,154 @@ int64_t g4r_mm(int64_t M, int64_t N, int64_t K, const float *A, int64_t sai, int
 
 /* ---- the service's exact top-k ----
  * Scoring a few sessions against every item reads the whole output table, and in a busy server that
- * table comes from memory, not cache: the read is the cost. So the table is read in bfloat16 (half
- * the bytes) for approximate scores, every item's error bound is known, and only the items whose
- * bound reaches the k-th best lower bound are scored again exactly from the float32 rows:
+ * table comes from memory, not cache: the read is the cost. So the table is read as 8-bit integers (a
+ * quarter of the bytes), every item's error bound is known, and only the items whose bound reaches
+ * the k-th best lower bound are scored again exactly from the float32 rows.
  *
- *   |exact_j - approx_j| <= |h| * c[j] + beta[j],  c[j] = |w_j - bf16(w_j)| + g (|w_j| + |bf16(w_j)|),
- *   beta[j] = 2 g |b_j|, g = (2d + 4) 2^-24 (float32 rounding of both sums, fused or not; |.| = 2-norm),
+ * Item j's row w_j is stored as q_j = round(w_j / s_j), s_j = max|w_j| / 127, and a session h is
+ * quantised the same way, qh = round(h / t), t = max|h| / 127; the integer dot product m = qh . q_j
+ * is exact, and the approximate score is a_j = b_j + (t s_j) m in float32. With w^ = s q, h^ = t qh,
+ * e_j = w_j - w^_j, d_h = h - h^ (|.| = 2-norm, u = 2^-24, g = (2d + 4) u):
  *
- * so the answer is the float32 top-k exactly. The approximate pass keeps the table in panels of
- * SCORE_PANEL items ([d, SCORE_PANEL] each, contiguous; the caller pads the last one with zero rows)
- * whose scores of up to SCORE_GROUP sessions stay in registers while the panel streams by once per
- * batch. An exact score is bias + h[0] w[0] + h[1] w[1] + ... in that order for every session, so a
- * session's answer is the same bit for bit whatever it is batched with. */
-#if defined(__AVX512F__)
-#define SCORE_PANEL 64 /* 4 sessions x 4 registers of 16 scores, + the panel row's 4 registers */
-#define SCORE_GROUP 4
+ *   |exact_j - a_j| <= (g |h| + |d_h|) |w_j| + |h^| (|e_j| + 4 u |w^_j|) + (g + 4 u) |b_j|
+ *                    = A nrm[j] + Hq c[j] + beta[j]
+ *
+ * from h w - h^ w^ = d_h w + h^ e, the float32 rounding of the exact sum (g) and of a_j's three
+ * operations (4 u), so the answer is the float32 top-k exactly. The per-item terms nrm, c, beta are
+ * computed (rounded up) when the table is built; A and Hq per session, here.
+ *
+ * The table lives in panels of SCORE_PANEL items: [ceil(d / 4)][SCORE_PANEL][4] bytes q + 128 (dims
+ * padded with q = 0), so that one 64-byte load holds 4 dims of 16 items, as AVX-512 VNNI's
+ * unsigned-by-signed byte dot product (vpdpbusd) takes them; the + 128 is taken out again with
+ * 128 sum(qh). Integer sums are exact, so the approximate scores are the same on every processor and
+ * in every batch; an exact score is bias + h[0] w[0] + h[1] w[1] + ... in that order for every
+ * session, so a session's answer is the same bit for bit whatever it is batched with. */
+#define SCORE_PANEL 64
+#define SCORE_GROUP 4 /* sessions per pass over a panel: 4 x 4 registers of 16 sums */
+#define SCORE_MAX_DIM 1024 /* |m| <= 127^2 d stays under 2^24: exact in float32 */
+#if defined(__AVX512VNNI__) && defined(__AVX512F__)
+#include <immintrin.h>
+#define SCORE_VNNI 1
 #else
-#define SCORE_PANEL 32 /* 3 sessions x 4 registers of 8 scores (16 AVX registers in all) */
-#define SCORE_GROUP 3
+#define SCORE_VNNI 0
 #endif
 
 int64_t g4r_score_panel(void) { return SCORE_PANEL; }
+int64_t g4r_score_vnni(void) { return SCORE_VNNI; }
 
-static inline float bf16_to_f32(uint16_t x) {
-    const uint32_t bits = (uint32_t)x << 16;
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
+typedef struct {
+    float t;      /* the scale: h^ = t qh */
+    int32_t corr; /* 128 sum(qh): the + 128 of the stored bytes */
+    float A, Hq;  /* the session's terms of the error bound (rounded up) */
+} quantised;
+
+static float round_up(double x) {
+    float f = (float)x;
+    return (double)f < x ? nextafterf(f, INFINITY) : f;
 }
 
-static inline __attribute__((always_inline)) void screen_panel(const int S, const uint16_t *restrict P,
-                                                               const float *restrict bias, const float *const *h,
-                                                               int64_t d, float *const *o, int64_t width) {
-    float acc[SCORE_GROUP][SCORE_PANEL];
-    for (int s = 0; s < S; s++) {
-#pragma omp simd
-        for (int j = 0; j < SCORE_PANEL; j++)
-            acc[s][j] = bias[j];
+/* qh (d4 groups of 4 bytes, zero padded) and the session's terms. A session with a NaN or infinite
+ * value gets t = NaN: every approximate score NaN, so no item (as for a NaN exact score). */
+static quantised quantise(const float *restrict h, int64_t d, int64_t d4, int8_t *restrict qh) {
+    quantised r = {0.0f, 0, 0.0f, 0.0f};
+    float mx = 0.0f;
+    for (int64_t i = 0; i < d; i++)
+        mx = fabsf(h[i]) > mx || h[i] != h[i] ? fabsf(h[i]) : mx;
+    memset(qh, 0, (size_t)(4 * d4));
+    if (!(mx <= FLT_MAX)) {
+        r.t = NAN;
+        return r;
     }
+    r.t = mx / 127.0f;
+    double hn = 0.0, dn = 0.0, qn = 0.0;
+    int32_t sum = 0;
     for (int64_t i = 0; i < d; i++) {
-        const uint16_t *restrict p = P + i * SCORE_PANEL;
-        float w[SCORE_PANEL];
-#pragma omp simd
-        for (int j = 0; j < SCORE_PANEL; j++)
-            w[j] = bf16_to_f32(p[j]);
+        const int32_t q = r.t > 0.0f ? (int32_t)lrintf(h[i] / r.t) : 0;
+        const int32_t c = q > 127 ? 127 : q < -127 ? -127 : q;
+        qh[i] = (int8_t)c;
+        sum += c;
+        const double hq = (double)r.t * c, dh = (double)h[i] - hq;
+        hn += (double)h[i] * h[i];
+        dn += dh * dh;
+        qn += hq * hq;
+    }
+    const double g = (2.0 * (double)d + 4.0) * 0x1p-24;
+    r.corr = 128 * sum;
+    r.A = round_up((g * sqrt(hn) + sqrt(dn)) * (1.0 + 1e-12));
+    r.Hq = round_up(sqrt(qn) * (1.0 + 1e-12));
+    return r;
+}
+
+static inline __attribute__((always_inline)) void screen_panel(const int S, const uint8_t *restrict P, int64_t d4,
+                                                               const int8_t *const *qh, int32_t (*acc)[SCORE_PANEL]) {
+#if SCORE_VNNI
+    __m512i sum[SCORE_GROUP][SCORE_PANEL / 16];
+    for (int s = 0; s < S; s++)
+        for (int v = 0; v < SCORE_PANEL / 16; v++)
+            sum[s][v] = _mm512_setzero_si512();
+    for (int64_t g = 0; g < d4; g++) {
+        __m512i w[SCORE_PANEL / 16];
+        for (int v = 0; v < SCORE_PANEL / 16; v++)
+            w[v] = _mm512_loadu_si512((const void *)(P + (g * SCORE_PANEL + 16 * v) * 4));
         for (int s = 0; s < S; s++) {
-            const float v = h[s][i];
-#pragma omp simd
-            for (int j = 0; j < SCORE_PANEL; j++)
-                acc[s][j] += v * w[j];
+            int32_t four;
+            memcpy(&four, qh[s] + 4 * g, 4);
+            const __m512i x = _mm512_set1_epi32(four);
+            for (int v = 0; v < SCORE_PANEL / 16; v++)
+                sum[s][v] = _mm512_dpbusd_epi32(sum[s][v], w[v], x);
         }
     }
     for (int s = 0; s < S; s++)
-        memcpy(o[s], acc[s], (size_t)width * sizeof(float));
+        for (int v = 0; v < SCORE_PANEL / 16; v++)
+            _mm512_storeu_si512((void *)(acc[s] + 16 * v), sum[s][v]);
+#else
+    for (int s = 0; s < S; s++)
+        memset(acc[s], 0, sizeof acc[s]);
+    for (int64_t g = 0; g < d4; g++) {
+        const uint8_t *restrict p = P + g * SCORE_PANEL * 4;
+        for (int s = 0; s < S; s++) {
+            const int32_t x0 = qh[s][4 * g], x1 = qh[s][4 * g + 1], x2 = qh[s][4 * g + 2], x3 = qh[s][4 * g + 3];
+#pragma omp simd
+            for (int j = 0; j < SCORE_PANEL; j++)
+                acc[s][j] += p[4 * j] * x0 + p[4 * j + 1] * x1 + p[4 * j + 2] * x2 + p[4 * j + 3] * x3;
+        }
+    }
+#endif
 }
 
-/* Approximate scores out [b, N] from P: ceil(N / SCORE_PANEL) bfloat16 panels [d, SCORE_PANEL]; bias
- * padded to whole panels; H [b, d]. */
-void g4r_screen(const uint16_t *restrict P, const float *restrict bias, const float *restrict H, int64_t b,
-                int64_t N, int64_t d, float *restrict out) {
-    for (int64_t j0 = 0; j0 < N; j0 += SCORE_PANEL) {
-        const uint16_t *panel = P + j0 * d;
-        const int64_t width = N - j0 < SCORE_PANEL ? N - j0 : SCORE_PANEL;
-        for (int64_t s0 = 0; s0 < b; s0 += SCORE_GROUP) {
-            const float *h[SCORE_GROUP];
-            float *o[SCORE_GROUP];
-            const int64_t S = b - s0 < SCORE_GROUP ? b - s0 : SCORE_GROUP;
-            for (int64_t s = 0; s < S; s++) {
-                h[s] = H + (s0 + s) * d;
-                o[s] = out + (s0 + s) * N + j0;
-            }
+/* Approximate scores out [b, N] of sessions H [b, d] (d <= SCORE_MAX_DIM) from P: ceil(N /
+ * SCORE_PANEL) panels as above, and the per-item scale s and bias, both padded to whole panels.
+ * work: 4 ceil(d / 4) b bytes. */
+void g4r_screen(const uint8_t *restrict P, const float *restrict scale, const float *restrict bias,
+                const float *restrict H, int64_t b, int64_t N, int64_t d, int8_t *restrict work,
+                float *restrict out) {
+    const int64_t d4 = (d + 3) / 4;
+    quantised qs[SCORE_GROUP];
+    for (int64_t s0 = 0; s0 < b; s0 += SCORE_GROUP) {
+        const int64_t S = b - s0 < SCORE_GROUP ? b - s0 : SCORE_GROUP;
+        const int8_t *qh[SCORE_GROUP];
+        for (int64_t s = 0; s < S; s++) {
+            int8_t *q = work + (s0 + s) * 4 * d4;
+            qs[s] = quantise(H + (s0 + s) * d, d, d4, q);
+            qh[s] = q;
+        }
+        for (int64_t j0 = 0; j0 < N; j0 += SCORE_PANEL) {
+            const uint8_t *panel = P + j0 * 4 * d4;
+            const int64_t width = N - j0 < SCORE_PANEL ? N - j0 : SCORE_PANEL;
+            int32_t acc[SCORE_GROUP][SCORE_PANEL];
             switch (S) {
-#if SCORE_GROUP > 3
-            case 4: screen_panel(4, panel, bias + j0, h, d, o, width); break;
-#endif
-            case 3: screen_panel(3, panel, bias + j0, h, d, o, width); break;
-            case 2: screen_panel(2, panel, bias + j0, h, d, o, width); break;
-            default: screen_panel(1, panel, bias + j0, h, d, o, width); break;
+            case 4: screen_panel(4, panel, d4, qh, acc); break;
+            case 3: screen_panel(3, panel, d4, qh, acc); break;
+            case 2: screen_panel(2, panel, d4, qh, acc); break;
+            default: screen_panel(1, panel, d4, qh, acc); break;
+            }
+            for (int64_t s = 0; s < S; s++) {
+                float *o = out + (s0 + s) * N + j0;
+                const float t = qs[s].t;
+                const int32_t corr = qs[s].corr;
+#pragma omp simd
+                for (int64_t j = 0; j < width; j++)
+                    o[j] = fmaf(t * scale[j0 + j], (float)(acc[s][j] - corr), bias[j0 + j]);
             }
         }
     }
@@ -663,55 +735,51 @@ static void exact_scores(const float *restrict W, const float *restrict bias, co
     }
 }
 
-/* An upper bound on item j's exact score: its approximate score a plus its error bound for a session
- * of norm hn, plus the float32 rounding of that sum itself (the 1e-6 |a| term). */
-static inline float upper_bound(float a, float c, float beta, float hn) {
-    return a + ((hn * c + beta) * 1.0001f + 1e-6f * fabsf(a));
-}
+/* An upper bound on item j's exact score: its approximate score a plus its error bound, plus the
+ * float32 rounding of that sum itself (the 1e-6 |a| term). */
+static inline float upper_bound(float a, float bound) { return a + (bound * 1.0001f + 1e-6f * fabsf(a)); }
 
 /* The exact top-k of each session from its approximate scores A [b, N] (-inf: excluded item; NaN
  * counts as excluded): the k best approximate scores less the largest error bound R give a floor
  * that the k-th best exact score cannot be under; the items whose approximate score plus their own
  * bound reaches it are scored exactly from W [N, d] (float32 rows) and bias, and the k best of
  * those go to vals, idx [b, k], best first, ties to the lower index; a session with fewer than k
- * items left ends its row with -inf. c, beta are the bounds' per-item terms and cmax, betamax
- * their largest. work: N + k floats, N + k indices of scratch. Returns the largest number of items
- * scored exactly for one session. */
-int64_t g4r_refine(const float *restrict A, const float *restrict c, const float *restrict beta, float cmax,
-                   float betamax, const float *restrict W, const float *restrict bias,
-                   const float *restrict H, int64_t b, int64_t N, int64_t d, int64_t k, float *restrict work,
-                   int64_t *restrict cand, float *restrict vals, int64_t *restrict idx) {
+ * items left ends its row with -inf. nrm, c, beta are the bounds' per-item terms (see g4r_screen)
+ * and nmax, cmax, betamax their largest. work: N + k floats and N + k indices of scratch, qwork
+ * 4 ceil(d / 4) bytes. Returns the largest number of items scored exactly for one session. */
+int64_t g4r_refine(const float *restrict A, const float *restrict nrm, const float *restrict c,
+                   const float *restrict beta, float nmax, float cmax, float betamax, const float *restrict W,
+                   const float *restrict bias, const float *restrict H, int64_t b, int64_t N, int64_t d, int64_t k,
+                   float *restrict work, int64_t *restrict cand, int8_t *restrict qwork, float *restrict vals,
+                   int64_t *restrict idx) {
     int64_t most = 0;
     float *exact = work, *kv = work + N;
     int64_t *kix = cand + N;
     for (int64_t s = 0; s < b; s++) {
         const float *a = A + s * N, *h = H + s * d;
-        double norm = 0.0;
-        for (int64_t i = 0; i < d; i++)
-            norm += (double)h[i] * h[i];
-        const float hn = (float)sqrt(norm) * 1.000001f; /* |h|, rounded up */
+        const quantised q = quantise(h, d, (d + 3) / 4, qwork);
+        const float qa = q.A, qh = q.Hq;
         float *v = vals + s * k;
         int64_t *ix = idx + s * k;
         topk_row(a, N, k, kv, kix);
         /* the largest bound of the k best approximate scores (whose |a| is at most the larger end's) */
-        const float R = (hn * cmax + betamax) * 1.0001f + 1e-6f * fmaxf(fabsf(kv[0]), fabsf(kv[k - 1]));
+        const float R = (qa * nmax + qh * cmax + betamax) * 1.0001f + 1e-6f * fmaxf(fabsf(kv[0]), fabsf(kv[k - 1]));
         const float floor = kv[k - 1] - R; /* -inf when fewer than k items are left */
+        const float largest = qa * nmax + qh * cmax + betamax; /* no item's bound is larger */
         int64_t n = 0, j = 0;
         for (; j + 16 <= N; j += 16) {
             float m = -INFINITY;
 #pragma omp simd reduction(max : m)
-            for (int q = 0; q < 16; q++) {
-                const float up = upper_bound(a[j + q], c[j + q], beta[j + q], hn);
-                m = up > m ? up : m;
-            }
-            if (m < floor)
+            for (int r = 0; r < 16; r++)
+                m = a[j + r] > m ? a[j + r] : m;
+            if (!(upper_bound(m, largest) >= floor))
                 continue; /* the usual case: nothing in this block can make the top k */
-            for (int q = 0; q < 16; q++)
-                if (upper_bound(a[j + q], c[j + q], beta[j + q], hn) >= floor && a[j + q] > -INFINITY)
-                    cand[n++] = j + q; /* NaN and excluded items fail the second test */
+            for (int r = 0; r < 16; r++)
+                if (upper_bound(a[j + r], qa * nrm[j + r] + qh * c[j + r] + beta[j + r]) >= floor && a[j + r] > -INFINITY)
+                    cand[n++] = j + r; /* NaN and excluded items fail the second test */
         }
         for (; j < N; j++)
-            if (upper_bound(a[j], c[j], beta[j], hn) >= floor && a[j] > -INFINITY)
+            if (upper_bound(a[j], qa * nrm[j] + qh * c[j] + beta[j]) >= floor && a[j] > -INFINITY)
                 cand[n++] = j;
         exact_scores(W, bias, h, d, cand, n, exact);
         const int64_t found = n < k ? n : k;
