@@ -72,7 +72,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     _configure_torch(settings)
     store = make_store(settings, metrics.on_evict)
     runtime = ModelRuntime(settings, metrics)
-    batcher = Batcher(metrics, settings.batch_max_size, settings.batch_wait_ms / 1000)
+    batcher = Batcher(metrics, settings.batch_max_size, settings.batch_wait_ms / 1000, settings.effective_model_thread)
     try:
         if isinstance(store, RedisSessionStore):
             await store.check()

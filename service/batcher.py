@@ -8,8 +8,14 @@ the loop in one call.
 How long to wait for company: a job that finds the worker idle waits at most GRU4REC_BATCH_WAIT_MS
 for others, and only while requests are arriving fast enough for another one to be likely within that
 time (an average gap under the wait); at a trickle every request is run at once. Jobs that arrive
-while a batch runs form the next batch without any wait. The worker runs PyTorch and faiss, which
-release the GIL, so the event loop keeps parsing requests meanwhile.
+while a batch runs form the next batch without any wait. The worker runs the compiled kernels (or
+PyTorch) and faiss, which release the GIL, so the event loop keeps parsing requests meanwhile.
+
+With several worker processes the cores are already shared out between them, and a thread per
+process only adds hand-overs (a thread wake-up and a GIL transfer each way per batch). There the
+batches run on the event loop itself (`threaded=False`, GRU4REC_MODEL_THREAD): the jobs of the
+requests that one pass of the loop brings in are run together once the loop has handled them all,
+and requests arriving meanwhile wait in the sockets to form the next batch.
 """
 
 from __future__ import annotations
@@ -48,12 +54,13 @@ class Outcome:
 
 
 class Batcher:
-    """One worker thread running the jobs of all requests in batches."""
+    """Runs the jobs of all requests in batches: in one worker thread, or on the event loop."""
 
-    def __init__(self, metrics: Metrics, max_batch: int = 64, max_wait_s: float = 0.001) -> None:
+    def __init__(self, metrics: Metrics, max_batch: int = 64, max_wait_s: float = 0.001, threaded: bool = True) -> None:
         self.metrics = metrics
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
+        self.threaded = threaded
         self._jobs: list[Job] = []
         self._cond = threading.Condition(threading.Lock())
         self._closed = False
@@ -65,13 +72,16 @@ class Batcher:
     def start(self) -> None:
         if not self._started:
             self._started = True
-            self._thread.start()
+            if self.threaded:
+                self._thread.start()
+            else:
+                _one_thread_for_faiss()  # for this (the event loop's) thread
 
     def close(self) -> None:
         with self._cond:
             self._closed = True
             self._cond.notify()
-        if self._started:
+        if self._started and self.threaded:
             self._thread.join(10)
 
     async def run(self, bundle: ModelBundle, state: np.ndarray | None, steps: Sequence[int], query: Query | None) -> Outcome:
@@ -79,6 +89,8 @@ class Batcher:
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
         job = Job(bundle, state, steps, query, loop.create_future(), now)
+        if not self.threaded:
+            return await self._run_on_loop(loop, job)
         with self._cond:
             if self._closed:
                 raise RuntimeError("the batcher is closed")
@@ -88,6 +100,29 @@ class Batcher:
             if len(self._jobs) == 1 or len(self._jobs) >= self.max_batch:
                 self._cond.notify()
         return await job.future
+
+    # -- on the event loop -----------------------------------------------------------------------------
+    async def _run_on_loop(self, loop: asyncio.AbstractEventLoop, job: Job) -> Outcome:
+        if self._closed:
+            raise RuntimeError("the batcher is closed")
+        self._jobs.append(job)
+        if len(self._jobs) == 1:  # after the callbacks already due: the other requests of this pass
+            loop.call_soon(self._run_waiting)
+        return await job.future
+
+    def _run_waiting(self) -> None:
+        batch = self._jobs[: self.max_batch]
+        del self._jobs[: self.max_batch]
+        if self._jobs:
+            asyncio.get_running_loop().call_soon(self._run_waiting)
+        self.metrics.observe_batch(len(batch), time.perf_counter() - batch[0].arrived)
+        try:
+            outcomes = _execute(batch)
+        except Exception as exc:  # a bug: every request of the batch gets it (a logged 500)
+            log.exception("batch of %d failed", len(batch))
+            _deliver(batch, None, exc)
+            return
+        _deliver(batch, outcomes, None)
 
     # -- worker thread -----------------------------------------------------------------------------
     def _run(self) -> None:

@@ -54,6 +54,7 @@ def serve(model_dir: str | None, host: str, port: int, workers: int = 1, access_
     read_metadata(model_dir)  # a quick, clear error for a missing or foreign directory
     # every worker process builds its Settings from the environment, so that is where options go
     os.environ["GRU4REC_MODEL_DIR"] = str(Path(model_dir).resolve())
+    os.environ["GRU4REC_WORKERS"] = str(workers)
     settings = load_settings()
     if workers > 1:
         if not settings.redis_url:

@@ -39,9 +39,15 @@ class Settings(BaseSettings):
     switch_interval_ms: float = Field(
         0.5, gt=0, le=50, description="Python's thread switch interval: how long the batcher may wait for the GIL"
     )
+    workers: int = Field(1, ge=1, description="worker processes of this server (set by `gru4rec serve --workers`)")
+    model_thread: bool | None = Field(
+        None, description="run the batched model work in a thread beside the event loop (default: with one worker "
+        "process; with several, on each worker's event loop)",
+    )
     batch_max_size: int = Field(64, ge=1, le=4096, description="most requests served by one batched model call")
     batch_wait_ms: float = Field(
-        1.0, ge=0, le=100, description="longest wait for other requests to batch with, while requests arrive that often"
+        1.0, ge=0, le=100,
+        description="longest wait for other requests to batch with, while requests arrive that often (model thread only)",
     )
     retrieval: Literal["auto", "index", "exact"] = Field(
         "auto", description="top-k by an approximate index (index), by scoring every item (exact), or auto: "
@@ -63,6 +69,12 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         """An exported-but-empty variable means 'not configured', not 'configured as empty'."""
         return None if value == "" else value
+
+    @property
+    def effective_model_thread(self) -> bool:
+        """A thread of its own for the model work gives one worker a second core; with several workers
+        the cores are taken, and the thread would only add hand-overs."""
+        return self.model_thread if self.model_thread is not None else self.workers == 1
 
     @property
     def effective_torch_threads(self) -> int:

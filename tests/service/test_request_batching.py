@@ -69,12 +69,13 @@ def test_exact_scores_are_the_same_bit_for_bit_alone_or_batched():
         assert batched.indices == single.indices and batched.scores == single.scores
 
 
-def test_the_batcher_gives_every_job_its_own_answer(bundle):
+@pytest.mark.parametrize("threaded", [True, False], ids=["model thread", "on the event loop"])
+def test_the_batcher_gives_every_job_its_own_answer(bundle, threaded):
     steps, queries = _random_work(bundle, 40, seed=1)
 
     async def run(max_batch: int):
         metrics = Metrics()
-        batcher = Batcher(metrics, max_batch=max_batch, max_wait_s=0.02)
+        batcher = Batcher(metrics, max_batch=max_batch, max_wait_s=0.02, threaded=threaded)
         batcher.start()
         try:
             outcomes = await asyncio.gather(*(batcher.run(bundle, None, s, q) for s, q in zip(steps, queries, strict=True)))
@@ -89,6 +90,29 @@ def test_the_batcher_gives_every_job_its_own_answer(bundle):
         _same(a.top, b.top)
     count = next(s.value for s in samples if s.name.endswith("_count"))
     assert count < 40  # they did share batches
+    if not threaded:  # the jobs of one pass of the loop, 64 at most per batch
+        assert count == 1 and together[0].top is not None
+
+
+def test_the_event_loop_batcher_keeps_batches_to_their_size_and_reports_failures(bundle):
+    async def run():
+        metrics = Metrics()
+        batcher = Batcher(metrics, max_batch=8, threaded=False)
+        batcher.start()
+        try:
+            jobs = [batcher.run(bundle, None, [1, 2], Query(3)) for _ in range(20)]
+            jobs.append(batcher.run(bundle, None, [bundle.n_items], Query(3)))  # an index the model does not have
+            outcomes = await asyncio.gather(*jobs, return_exceptions=True)
+        finally:
+            batcher.close()
+        with pytest.raises(RuntimeError, match="closed"):
+            await batcher.run(bundle, None, [1], Query(3))
+        return outcomes, metrics.batch_size.collect()[0].samples
+
+    outcomes, samples = asyncio.run(run())
+    assert next(s.value for s in samples if s.name.endswith("_count")) == 3  # 8 + 8 + 5
+    assert all(isinstance(o, Exception) for o in outcomes[16:])  # the last batch held the bad job: all of it fails
+    assert all(not isinstance(o, Exception) and o.top.indices == outcomes[0].top.indices for o in outcomes[:16])
 
 
 def _ask_concurrently(api, bodies: list[dict]) -> list:
@@ -118,6 +142,18 @@ def test_concurrent_requests_get_the_answers_of_one_by_one():
         metric = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("gru4rec_batch")}
         assert metric["gru4rec_batch_size_sum"] == 32 and metric["gru4rec_batch_size_count"] < 32
         assert 'gru4rec_batch_wait_seconds_bucket{le="0.025"}' in text
+
+
+def test_several_workers_batch_on_the_event_loop_and_answer_the_same(monkeypatch):
+    """GRU4REC_WORKERS > 1 (set by `serve --workers`): no model thread, the same answers."""
+    bodies = [{"items": [str(1000 + i), str(1001 + i)], "k": 5} for i in range(12)]
+    with client(model_a()) as one, client(model_a(), workers=2) as several:
+        assert one.app.state.recommender.batcher.threaded
+        assert not several.app.state.recommender.batcher.threaded
+        for a, b in zip(_ask_concurrently(several, bodies), [one.post("/v1/recommend", json=b) for b in bodies], strict=True):
+            assert a.status_code == b.status_code == 200 and top_ids(a) == top_ids(b) and top_scores(a) == top_scores(b)
+    with client(model_a(), workers=2, model_thread=True) as forced:
+        assert forced.app.state.recommender.batcher.threaded
 
 
 def test_a_lone_request_does_not_wait_for_company():
