@@ -163,6 +163,58 @@ def test_redis_store_roundtrip_ttl_and_conditional_write(redis_prefix):
     asyncio.run(run())
 
 
+def test_calls_of_one_loop_pass_share_a_pipeline_and_keep_their_own_answers(redis_prefix, monkeypatch):
+    """Reads and conditional writes issued together go to Redis as one pipeline; each caller still gets
+    its own reply, a refused write included, and scripts Redis has forgotten are loaded again."""
+    import redis.asyncio.client
+
+    executed = []
+    execute = redis.asyncio.client.Pipeline.execute
+
+    async def counting(self, *args, **kwargs):
+        executed.append(len(self.command_stack))
+        return await execute(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.asyncio.client.Pipeline, "execute", counting)
+
+    async def run() -> None:
+        store = RedisSessionStore(REDIS_URL, ttl_s=30, prefix=redis_prefix)
+        other = RedisSessionStore(REDIS_URL, ttl_s=30, prefix=redis_prefix)
+        await asyncio.gather(*(store.write(f"s{j}", state(n=j + 1), MISSING) for j in range(6)))
+        assert executed == [6]
+        stale = await other.read("s0")
+        assert await other.write("s0", state(n=7), stale) is None
+        redis_client().script_flush()  # as after a Redis restart
+        replies = await asyncio.gather(
+            store.write("s0", state(n=8), await store.read("s0")),  # its memory of s0 is stale: refused
+            store.write("s1", state(n=9), await store.read("s1")),
+            other.read("s2"), other.read("s3"), other.read("missing"),
+        )
+        assert replies[0] is not None and replies[0].state.n_clicks == 7  # refused, with the current record
+        assert replies[1] is None
+        assert [r.state.n_clicks for r in replies[2:4]] == [3, 4] and replies[4] == MISSING
+        assert executed[-2:] == [2, 3]  # the two writes together, the three reads together
+        assert (await other.read("s1", touch=True)).state.n_clicks == 9
+        for s in (store, other):
+            await s.close()
+
+    asyncio.run(run())
+
+
+def test_a_failed_pipeline_fails_every_caller_with_a_store_error(redis_prefix):
+    async def run() -> list:
+        store = RedisSessionStore(REDIS_URL, ttl_s=30, prefix=redis_prefix)
+        store._client.connection_pool.connection_kwargs.update(port=1)  # where no Redis listens
+        try:
+            return await asyncio.gather(*(store.write(f"s{j}", state(), MISSING) for j in range(3)), store.read("s9"),
+                                        return_exceptions=True)
+        finally:
+            await store.close()
+
+    for outcome in asyncio.run(run()):
+        assert isinstance(outcome, SessionStoreError) and "Redis" in str(outcome)
+
+
 def test_concurrent_clicks_through_several_redis_stores_are_not_lost(redis_prefix, bundle):
     items = [str(1000 + j % 60) for j in range(30)]
 
