@@ -1,7 +1,7 @@
 """The service's exact top-k, kernel by kernel: every item scored for a batch of sessions, then the top k.
 
 Compares the compiled kernels (what the service uses when a C compiler is present: approximate
-scores from a bfloat16 copy of the table, `native.ScoreTable.screen`, then the items the error
+scores from an 8-bit copy of the table, `native.ScoreTable.screen`, then the items the error
 bounds cannot rule out scored exactly, `ScoreTable.top_k`) with PyTorch's fallback (`torch.addmm`
 over the transposed float32 table, then `torch.topk`), for batch sizes 1 to 16, on a random table,
 one thread. Each figure is the median of 25 calls, with the table in cache ("hot") and after 48 MB

@@ -90,7 +90,7 @@ class ModelBundle:
         self.weights = model.Wy.weight.detach()  # [n_items, layer]
         self.bias = model.By.weight.detach()[:, 0].contiguous()
         self.bias_column = model.By.weight.detach()  # [n_items, 1]
-        # kept when exact scoring is the hot path: the compiled kernels' table (a bfloat16 screen and
+        # kept when exact scoring is the hot path: the compiled kernels' table (an 8-bit screen and
         # the float32 rows), or else a [layer, n_items] copy for MKL
         self.score_table: native.ScoreTable | None = None
         self.out_t: torch.Tensor | None = None
@@ -192,8 +192,8 @@ class ModelBundle:
         return out  # type: ignore[return-value]
 
     def _rank_exact(self, h: np.ndarray, queries: Sequence[Query]) -> list[TopK]:
-        """Every item scored. With the compiled kernels: one pass over a bfloat16 copy of the table
-        for all sessions (half the memory traffic, which is the cost), then the items that the
+        """Every item scored. With the compiled kernels: one pass over an 8-bit copy of the table
+        for all sessions (a quarter of the memory traffic, which is the cost), then the items that the
         approximation's error bounds cannot rule out scored exactly: the float32 top-k, each
         session's answer the same bit for bit whatever traffic it is batched with. Otherwise MKL:
         one session as a row times the transposed copy (its fastest matrix-vector form); several as
