@@ -108,7 +108,7 @@ class ModelBundle:
     def prepare_retrieval(self, settings: RetrievalSettings, cache: IndexCache, dir_fd: int | None, threads: int = 1) -> None:
         """Exact scoring (the compiled kernels' table, or a transposed copy for MKL), or a top-k index."""
         if not settings.wants_index(self.n_items):
-            if native.library() is not None:
+            if native.library() is not None and self._last <= native.ScoreTable.MAX_DIM:
                 self.score_table = native.ScoreTable(self.weights, self.bias)
             else:  # h @ W^T as one GEMM over a [layer, n_items] contiguous copy: ~2x faster than the transposed view
                 self.out_t = self.weights.T.contiguous()

@@ -199,3 +199,16 @@ def test_without_the_kernels_pytorch_ranks_the_same(monkeypatch):
     for rows in (slice(None), slice(0, 1)):  # a batch (MKL: the table times the columns) and a lone session
         for ours, theirs in zip(kernels.rank(h[rows], queries[rows]), fallback.rank(h[rows], queries[rows]), strict=True):
             _same(ours, theirs)
+
+
+def test_rows_too_wide_for_the_8_bit_screen_are_scored_by_pytorch(monkeypatch):
+    """Layers over the kernels' 1,024 values: exact scores through MKL (the steps stay compiled)."""
+    monkeypatch.setattr(native.ScoreTable, "MAX_DIM", 4)
+    wide = load_bundle(model_big(), RetrievalSettings(mode="exact"), warmup_steps=1)
+    assert wide.score_table is None and wide.out_t is not None and wide.gru_steps is not None
+    monkeypatch.undo()
+    kernels = load_bundle(model_big(), RetrievalSettings(mode="exact"), warmup_steps=1)
+    steps, queries = _random_work(kernels, 8, seed=4)
+    h = kernels.session_vectors(kernels.advance(np.zeros((8, kernels.state_size), dtype=np.float32), steps))
+    for ours, theirs in zip(kernels.rank(h, queries), wide.rank(h, queries), strict=True):
+        _same(ours, theirs)

@@ -286,6 +286,22 @@ def test_score_table_refuses_what_does_not_fit(ops):
         table.top_k(torch.zeros(2, 50), torch.randn(2, 8), 51)
     with pytest.raises(ValueError, match="do not fit"):
         native.ScoreTable(torch.randn(50, 8), torch.randn(49))
+    with pytest.raises(ValueError, match="over the kernels' 1024"):  # integer sums would no longer be exact in float32
+        native.ScoreTable(torch.randn(5, 1025), torch.randn(5))
+
+
+def test_score_table_keeps_small_scratch_only(ops, monkeypatch):
+    g = torch.Generator().manual_seed(8)
+    weights, bias, h = torch.randn(3_000, 16, generator=g), torch.randn(3_000, generator=g), torch.randn(6, 16, generator=g)
+    table = native.ScoreTable(weights, bias)
+    monkeypatch.setattr(table, "KEEP_BYTES", 4 * 3_000 * 2)  # two sessions' scores at most
+    small = _table_top_k(table, h[:2].contiguous(), 10)
+    assert table._scratch.buffers["approx"][0].nbytes <= table.KEEP_BYTES
+    large = _table_top_k(table, h, 10)  # six sessions: scratch of their own, not kept
+    assert table._scratch.buffers["approx"][0].nbytes <= table.KEEP_BYTES
+    assert torch.equal(large[1][:2], small[1]) and torch.equal(large[0][:2], small[0])
+    for r in range(6):
+        assert large[1][r].tolist() == _exact_top_k(weights, bias, h[r], 10)[0]
 
 
 DEFAULT_TUNING = native.TUNING_FLAGS

@@ -393,6 +393,7 @@ class ScoreTable:
 
     ROWS_AT_ONCE = 1_024  # rows per chunk when the table is built (float64 temporaries under 1 MB)
     MAX_DIM = 1_024  # SCORE_MAX_DIM in kernels.c: integer sums stay exact in float32
+    KEEP_BYTES = 32 << 20  # larger scratch (big batches of a big catalogue) is not kept between calls
 
     def __init__(self, weights: Tensor, bias: Tensor) -> None:
         lib = library()
@@ -448,8 +449,8 @@ class ScoreTable:
             raise ValueError(f"ScoreTable: h {tuple(h.shape)} does not fit a table of dimension {self.dim}")
         b = h.shape[0]
         out, out_ptr = self._buffer("approx", (b, self.n_items), np.float32)
-        _, qwork = self._buffer("qh", (b, self.panels.shape[1] * 4), np.int8)
-        library().g4r_screen(*self._table, _ptr(h), b, self.n_items, self.dim, qwork, out_ptr)
+        qwork, qwork_ptr = self._buffer("qh", (b, self.panels.shape[1] * 4), np.int8)  # held until the call returns
+        library().g4r_screen(*self._table, _ptr(h), b, self.n_items, self.dim, qwork_ptr, out_ptr)
         return torch.from_numpy(out)
 
     def top_k(self, approx: Tensor, h: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -459,26 +460,32 @@ class ScoreTable:
         b, n = approx.shape
         if n != self.n_items or h.shape != (b, self.dim) or not 0 < k <= n:
             raise ValueError(f"ScoreTable.top_k: scores {tuple(approx.shape)}, h {tuple(h.shape)}, k = {k} do not fit")
-        _, work = self._buffer("work", (2 * n,), np.float32)  # N + k of each, k <= N
-        _, cand = self._buffer("cand", (2 * n,), np.int64)
-        _, qwork = self._buffer("qh1", (self.panels.shape[1] * 4,), np.int8)
+        # the arrays are held (not only their addresses) until the call returns: one not kept as this
+        # thread's scratch would otherwise be freed before the kernel writes to it
+        work, work_ptr = self._buffer("work", (2 * n,), np.float32)  # N + k of each, k <= N
+        cand, cand_ptr = self._buffer("cand", (2 * n,), np.int64)
+        qwork, qwork_ptr = self._buffer("qh1", (self.panels.shape[1] * 4,), np.int8)
         values, indices = torch.empty((b, k)), torch.empty((b, k), dtype=_LONG)
         self.scored_exactly = library().g4r_refine(
             _ptr(approx), *self._terms, self.n_max, self.c_max, self.beta_max, _ptr(self.weights), _ptr(self.bias), _ptr(h),
-            b, n, self.dim, k, work, cand, qwork, _ptr(values), _ptr(indices, _LONG))
+            b, n, self.dim, k, work_ptr, cand_ptr, qwork_ptr, _ptr(values), _ptr(indices, _LONG))
         return values, indices
 
     def _buffer(self, name: str, shape: tuple[int, ...], dtype: type) -> tuple[np.ndarray, int]:
-        """This thread's scratch array `name` and its address, kept from call to call: fresh pages on every
-        call cost more than the work. The approximate scores `screen` returns live in one, until its
-        next call in the same thread."""
+        """This thread's scratch array `name` and its address, kept from call to call (up to KEEP_BYTES):
+        fresh pages on every call cost more than the work. The approximate scores `screen` returns live
+        in one, until its next call in the same thread."""
         buffers = getattr(self._scratch, "buffers", None)
         if buffers is None:
             buffers = self._scratch.buffers = {}
         size = math.prod(shape)
+        if size * np.dtype(dtype).itemsize > self.KEEP_BYTES:
+            array = np.empty(shape, dtype=dtype)
+            return array, array.ctypes.data
         kept = buffers.get(name)
         if kept is None or kept[0].size < size:
-            array = np.empty(max(size, 2 * (0 if kept is None else kept[0].size)), dtype=dtype)
+            grown = min(max(size, 2 * (0 if kept is None else kept[0].size)), self.KEEP_BYTES // np.dtype(dtype).itemsize)
+            array = np.empty(grown, dtype=dtype)
             kept = buffers[name] = (array, array.ctypes.data)
         return kept[0][:size].reshape(shape), kept[1]
 
