@@ -115,14 +115,18 @@ class Batcher:
         del self._jobs[: self.max_batch]
         if self._jobs:
             asyncio.get_running_loop().call_soon(self._run_waiting)
-        self.metrics.observe_batch(len(batch), time.perf_counter() - batch[0].arrived)
+        self._run_batch(batch, time.perf_counter() - batch[0].arrived, _deliver)
+
+    def _run_batch(self, batch: list[Job], waited: float, deliver) -> None:
+        """Run a batch and hand its jobs their outcomes through `deliver`."""
+        self.metrics.observe_batch(len(batch), waited)
         try:
             outcomes = _execute(batch)
-        except Exception as exc:  # a bug: every request of the batch gets it (a logged 500)
+        except BaseException as exc:  # a bug: every request of the batch gets it (a logged 500)
             log.exception("batch of %d failed", len(batch))
-            _deliver(batch, None, exc)
+            deliver(batch, None, exc)
             return
-        _deliver(batch, outcomes, None)
+        deliver(batch, outcomes, None)
 
     # -- worker thread -----------------------------------------------------------------------------
     def _run(self) -> None:
@@ -131,14 +135,7 @@ class Batcher:
             batch, waited = self._next_batch()
             if batch is None:
                 return
-            self.metrics.observe_batch(len(batch), waited)
-            try:
-                outcomes = _execute(batch)
-            except BaseException as exc:  # a bug: every request of the batch gets it (a logged 500)
-                log.exception("batch of %d failed", len(batch))
-                _deliver_soon(batch, None, exc)
-                continue
-            _deliver_soon(batch, outcomes, None)
+            self._run_batch(batch, waited, _deliver_soon)
 
     def _next_batch(self) -> tuple[list[Job] | None, float]:
         """Wait for jobs; then, if company is likely soon, up to max_wait_s after the first one."""
