@@ -547,3 +547,19 @@ def test_gru_steps_without_avx512_are_the_same_computation(ops, without_avx512):
     for r in range(6):
         steps.step(alone, np.array([r]), items[r : r + 1])
     assert np.array_equal(alone, batched)
+
+
+def test_score_items_are_the_exact_scores_of_the_top_k(ops):
+    g = torch.Generator().manual_seed(9)
+    weights, bias, h = torch.randn(5_000, 24, generator=g), torch.randn(5_000, generator=g), torch.randn(3, 24, generator=g)
+    values, indices = _table_top_k(native.ScoreTable(weights, bias), h, 20)
+    labels = torch.cat([indices, torch.full((3, 5), -1), torch.randint(0, 5_000, (3, 40), generator=g)], dim=1)
+    scores = native.score_items(weights, bias, h, labels)
+    assert torch.equal(scores[:, :20], values)  # bit for bit: an item scores the same found either way
+    assert (scores[:, 20:25] == -math.inf).all()
+    reference = (h.double()[:, None, :] * weights.double()[labels[:, 25:]]).sum(-1) + bias.double()[labels[:, 25:]]
+    assert np.allclose(scores[:, 25:].numpy(), reference.numpy(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(IndexError):
+        native.score_items(weights, bias, h, torch.tensor([[0, 5_000]] * 3))
+    with pytest.raises(ValueError, match="do not fit"):
+        native.score_items(weights, bias, h[:2], labels)

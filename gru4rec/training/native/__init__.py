@@ -75,6 +75,7 @@ _SIGNATURES = {
     "g4r_screen": (None, [_P, _P, _P, _P, _I, _I, _I, _P, _P]),
     "g4r_refine": (_I, [_P, _P, _P, _P, _F, _F, _F, _P, _P, _P, _I, _I, _I, _I, _P, _P, _P, _P, _P]),
     "g4r_mm": (_I, [_I, _I, _I, _P, _I, _I, _P, _I, _I, _P, _I, _I]),
+    "g4r_score_items": (_I, [_P, _P, _I, _P, _I, _I, _P, _I, _P, _P, _P]),
     "g4r_gru_rows": (_I, [_P, _I, _P, _I, _I, _P, _P, _P, _P, _I, _P, _I, _I, _P, _I, _I, _P]),
     "g4r_onehot_rows": (_I, [_P, _P, _I, _P, _P, _P, _I, _P, _I, _I, _P, _I, _I, _P]),
 }
@@ -382,6 +383,23 @@ def alias_table(scaled: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     lib.g4r_alias_table(residual.ctypes.data, n, prob.ctypes.data, alias.ctypes.data, scratch[0].ctypes.data,
                         scratch[1].ctypes.data)
     return prob, alias
+
+
+def score_items(weights: Tensor, bias: Tensor, h: Tensor, labels: Tensor) -> Tensor:
+    """Exact scores [sessions, m] of items `labels` [sessions, m] (int64; -1: none, scored -inf) for
+    session rows h [sessions, d]: bias + h . w summed as the exact top-k sums it (ScoreTable), so an
+    item has the same score whether an index found it or every item was scored; each row is asked
+    from memory ahead of its turn (at a million items the rows are cache and TLB misses)."""
+    b, m = labels.shape
+    n, d = weights.shape
+    if h.shape != (b, d) or bias.shape != (n,):
+        raise ValueError(f"score_items: h {tuple(h.shape)}, labels {tuple(labels.shape)}, table {tuple(weights.shape)} "
+                         f"and bias {tuple(bias.shape)} do not fit")
+    out, work, exact = torch.empty((b, m)), torch.empty(m, dtype=_LONG), torch.empty(m)
+    if library().g4r_score_items(_ptr(weights), _ptr(bias), n, _ptr(h), b, d, _ptr(labels, _LONG), m, work.data_ptr(),
+                                 exact.data_ptr(), out.data_ptr()) < 0:
+        raise IndexError(f"score_items: an item outside [-1, {n})")
+    return out
 
 
 class ScoreTable:

@@ -710,13 +710,18 @@ static void topk_row(const float *restrict s, int64_t n, int64_t k, float *restr
 }
 
 /* Exact scores of items cand[0..n) for session h: bias, then fused multiply-adds of h[0] w[0], h[1] w[1],
- * ... in that order for each item (eight items at a time: independent sums, one order each). */
+ * ... in that order for each item (eight items at a time: independent sums, one order each). The rows
+ * of the next eight are asked for while these are summed: at a million items they come from memory. */
 static void exact_scores(const float *restrict W, const float *restrict bias, const float *restrict h, int64_t d,
                          const int64_t *restrict cand, int64_t n, float *restrict out) {
     int64_t t = 0;
     for (; t + 8 <= n; t += 8) {
         const float *w[8];
         float acc[8];
+        for (int64_t q = t + 8; q < t + 16 && q < n; q++) {
+            prefetch_row(W + cand[q] * d, d * (int64_t)sizeof(float), 0);
+            __builtin_prefetch(bias + cand[q], 0, 3);
+        }
         for (int q = 0; q < 8; q++) {
             w[q] = W + cand[t + q] * d;
             acc[q] = bias[cand[t + q]];
@@ -793,6 +798,27 @@ int64_t g4r_refine(const float *restrict A, const float *restrict nrm, const flo
         most = n > most ? n : most;
     }
     return most;
+}
+
+/* Exact scores out [b, m] of the items labels [b, m] (an approximate index's candidates; -1: none,
+ * scored -inf) for sessions H [b, d], summed as exact_scores sums them (so an item's score is the one
+ * exact ranking gives it). work: m indices and m floats. Returns -1 (nothing written) when a label
+ * is outside [-1, N). */
+int64_t g4r_score_items(const float *restrict W, const float *restrict bias, int64_t N, const float *restrict H,
+                        int64_t b, int64_t d, const int64_t *restrict labels, int64_t m, int64_t *restrict work,
+                        float *restrict exact, float *restrict out) {
+    for (int64_t i = 0; i < b * m; i++)
+        if (labels[i] < -1 || labels[i] >= N) return -1;
+    for (int64_t r = 0; r < b; r++) {
+        const int64_t *lab = labels + r * m;
+        int64_t n = 0;
+        for (int64_t t = 0; t < m; t++)
+            if (lab[t] >= 0) work[n++] = lab[t];
+        exact_scores(W, bias, H + r * d, d, work, n, exact);
+        for (int64_t t = 0, at = 0; t < m; t++)
+            out[r * m + t] = lab[t] >= 0 ? exact[at++] : -INFINITY;
+    }
+    return 0;
 }
 
 /* ---- the service's GRU steps ----
