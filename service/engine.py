@@ -222,12 +222,11 @@ class ModelBundle:
         labels = self.index.search(h, [max(self.index.params.candidates, q.k) + len(q.exclude) for q in queries])
         with torch.inference_mode():
             lab = torch.from_numpy(labels)
-            flat = lab.clamp(min=0).view(-1)
-            shape = (len(labels), labels.shape[1])
             ht = torch.from_numpy(np.ascontiguousarray(h))
             if native.library() is not None:  # rows fetched ahead of their turn: they come from memory
                 scores = native.score_items(self.weights, self.bias, ht, lab)
             else:
+                flat, shape = lab.clamp(min=0).view(-1), (len(labels), labels.shape[1])
                 rows = self.weights.index_select(0, flat).view(*shape, self._last)  # half the time of weights[lab]
                 scores = torch.baddbmm(self.bias.index_select(0, flat).view(*shape, 1), rows, ht.unsqueeze(2)).squeeze(2)
                 scores.masked_fill_(lab < 0, NEG_INF)
