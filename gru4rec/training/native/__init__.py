@@ -1,5 +1,5 @@
-"""Compiled CPU kernels for the fused training step (and the service's exact scores), built on first use
-with the system C compiler.
+"""Compiled CPU kernels for the fused training step (and the service's session steps and exact
+scores), built on first use with the system C compiler.
 
 A GRU4Rec mini-batch on a CPU is a few hundred microseconds of arithmetic spread over ~100 small
 tensor ops, so per-op overhead and repeated passes over memory dominate. kernels.c does the
@@ -15,9 +15,13 @@ minute for a single GRU gate function on the same machine, and was no faster); t
 cached per source, compiler and CPU in `$GRU4REC_CACHE_DIR` (default `~/.cache/gru4rec`) and called
 through ctypes.
 
-The portable PyTorch code (fused.TorchOps, optim.AdagradMomentum) stays the specification and the
-fallback: without a C compiler, on other devices, or with GRU4REC_NATIVE=0, it is used instead
-(logged once). The tests hold the two to the same results.
+The service uses three more: GRUSteps (a batch of sessions' GRU steps, one call per layer, each
+session computed on its own), ScoreTable (the exact top-k of every item from an 8-bit screen and
+exact refinement) and score_items (exact scores of an index's candidates).
+
+The portable PyTorch code (fused.TorchOps, optim.AdagradMomentum, GRU4Rec.step_packed) stays the
+specification and the fallback: without a C compiler, on other devices, or with GRU4REC_NATIVE=0, it
+is used instead (logged once). The tests hold the two to the same results.
 """
 
 from __future__ import annotations
