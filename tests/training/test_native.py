@@ -294,11 +294,12 @@ def test_score_table_keeps_small_scratch_only(ops, monkeypatch):
     g = torch.Generator().manual_seed(8)
     weights, bias, h = torch.randn(3_000, 16, generator=g), torch.randn(3_000, generator=g), torch.randn(6, 16, generator=g)
     table = native.ScoreTable(weights, bias)
-    monkeypatch.setattr(table, "KEEP_BYTES", 4 * 3_000 * 2)  # two sessions' scores at most
+    monkeypatch.setattr(table.scratch, "keep_bytes", 4 * 3_000 * 2)  # two sessions' scores at most
     small = _table_top_k(table, h[:2].contiguous(), 10)
-    assert table._scratch.buffers["approx"][0].nbytes <= table.KEEP_BYTES
+    kept = table.scratch._local.buffers
+    assert kept["approx"][0].nbytes <= table.scratch.keep_bytes
     large = _table_top_k(table, h, 10)  # six sessions: scratch of their own, not kept
-    assert table._scratch.buffers["approx"][0].nbytes <= table.KEEP_BYTES
+    assert kept["approx"][0].nbytes <= table.scratch.keep_bytes
     assert torch.equal(large[1][:2], small[1]) and torch.equal(large[0][:2], small[0])
     for r in range(6):
         assert large[1][r].tolist() == _exact_top_k(weights, bias, h[r], 10)[0]

@@ -389,6 +389,32 @@ def alias_table(scaled: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     return prob, alias
 
 
+class Scratch:
+    """Per-thread scratch arrays for the kernels, kept from call to call (fresh pages on every call cost
+    more than the work), up to `keep_bytes` each: larger ones are made per call. Callers hold the
+    array (not only its address) until the kernel returns."""
+
+    def __init__(self, keep_bytes: int) -> None:
+        self.keep_bytes = keep_bytes
+        self._local = threading.local()
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: type) -> tuple[np.ndarray, int]:
+        """This thread's array `name` of `shape`, and its address."""
+        buffers = getattr(self._local, "buffers", None)
+        if buffers is None:
+            buffers = self._local.buffers = {}
+        size, itemsize = math.prod(shape), np.dtype(dtype).itemsize
+        if size * itemsize > self.keep_bytes:
+            array = np.empty(shape, dtype=dtype)
+            return array, array.ctypes.data
+        kept = buffers.get(name)
+        if kept is None or kept[0].size < size:
+            grown = min(max(size, 2 * (0 if kept is None else kept[0].size)), self.keep_bytes // itemsize)
+            array = np.empty(grown, dtype=dtype)
+            kept = buffers[name] = (array, array.ctypes.data)
+        return kept[0][:size].reshape(shape), kept[1]
+
+
 def score_items(weights: Tensor, bias: Tensor, h: Tensor, labels: Tensor) -> Tensor:
     """Exact scores [sessions, m] of items `labels` [sessions, m] (int64; -1: none, scored -inf) for
     session rows h [sessions, d]: bias + h . w summed as the exact top-k sums it (ScoreTable), so an
@@ -411,7 +437,8 @@ class ScoreTable:
     8-bit copy in panels of 64 items, read once per batch for approximate scores (a quarter of the
     bytes of float32: in a busy server the read is the cost), each item's terms of the
     approximation's error bound, and the float32 rows for scoring the few items that the bounds cannot
-    rule out (see g4r_screen and g4r_refine in kernels.c). Memory: the model's rows plus a third."""
+    rule out (see g4r_screen and g4r_refine in kernels.c). Memory: the model's rows, plus a quarter of
+    their bytes and 20 bytes per item."""
 
     ROWS_AT_ONCE = 1_024  # rows per chunk when the table is built (float64 temporaries under 1 MB)
     MAX_DIM = 1_024  # SCORE_MAX_DIM in kernels.c: integer sums stay exact in float32
@@ -443,7 +470,7 @@ class ScoreTable:
         # raw pointers, once: numpy's .ctypes costs microseconds per use, and these are used per batch
         self._table = [a.ctypes.data for a in (self.panels, self.scale, self.padded_bias)]
         self._terms = [a.ctypes.data for a in (self.nrm, self.c, self.beta)]
-        self._scratch = threading.local()
+        self.scratch = Scratch(self.KEEP_BYTES)
         self.scored_exactly = 0  # the most items one session of the last top_k scored exactly (diagnostics)
 
     def _quantise_rows(self, lo: int, hi: int) -> None:
@@ -457,7 +484,7 @@ class ScoreTable:
         self.nrm[lo:hi] = _up(np.linalg.norm(w, axis=1))
         self.c[lo:hi] = _up(np.linalg.norm(w - w_hat, axis=1) + 4 * 2.0**-24 * np.linalg.norm(w_hat, axis=1))
         width = self.panels.shape[2]
-        stored = np.zeros((hi - lo, self.panels.shape[1] * 4), dtype=np.uint8) + 128
+        stored = np.full((hi - lo, self.panels.shape[1] * 4), 128, dtype=np.uint8)
         stored[:, : self.dim] = (q + 128).astype(np.uint8)
         for j in range(lo, hi, width):  # whole panels, or the part of one that these rows fill
             panel, at = divmod(j, width)
@@ -470,8 +497,8 @@ class ScoreTable:
         if h.dim() != 2 or h.shape[1] != self.dim:
             raise ValueError(f"ScoreTable: h {tuple(h.shape)} does not fit a table of dimension {self.dim}")
         b = h.shape[0]
-        out, out_ptr = self._buffer("approx", (b, self.n_items), np.float32)
-        qwork, qwork_ptr = self._buffer("qh", (b, self.panels.shape[1] * 4), np.int8)  # held until the call returns
+        out, out_ptr = self.scratch.get("approx", (b, self.n_items), np.float32)
+        qwork, qwork_ptr = self.scratch.get("qh", (b, self.panels.shape[1] * 4), np.int8)  # held until the call returns
         library().g4r_screen(*self._table, _ptr(h), b, self.n_items, self.dim, qwork_ptr, out_ptr)
         return torch.from_numpy(out)
 
@@ -484,32 +511,14 @@ class ScoreTable:
             raise ValueError(f"ScoreTable.top_k: scores {tuple(approx.shape)}, h {tuple(h.shape)}, k = {k} do not fit")
         # the arrays are held (not only their addresses) until the call returns: one not kept as this
         # thread's scratch would otherwise be freed before the kernel writes to it
-        work, work_ptr = self._buffer("work", (2 * n,), np.float32)  # N + k of each, k <= N
-        cand, cand_ptr = self._buffer("cand", (2 * n,), np.int64)
-        qwork, qwork_ptr = self._buffer("qh1", (self.panels.shape[1] * 4,), np.int8)
+        work, work_ptr = self.scratch.get("work", (2 * n,), np.float32)  # N + k of each, k <= N
+        cand, cand_ptr = self.scratch.get("cand", (2 * n,), np.int64)
+        qwork, qwork_ptr = self.scratch.get("qh1", (self.panels.shape[1] * 4,), np.int8)
         values, indices = torch.empty((b, k)), torch.empty((b, k), dtype=_LONG)
         self.scored_exactly = library().g4r_refine(
             _ptr(approx), *self._terms, self.n_max, self.c_max, self.beta_max, _ptr(self.weights), _ptr(self.bias), _ptr(h),
             b, n, self.dim, k, work_ptr, cand_ptr, qwork_ptr, _ptr(values), _ptr(indices, _LONG))
         return values, indices
-
-    def _buffer(self, name: str, shape: tuple[int, ...], dtype: type) -> tuple[np.ndarray, int]:
-        """This thread's scratch array `name` and its address, kept from call to call (up to KEEP_BYTES):
-        fresh pages on every call cost more than the work. The approximate scores `screen` returns live
-        in one, until its next call in the same thread."""
-        buffers = getattr(self._scratch, "buffers", None)
-        if buffers is None:
-            buffers = self._scratch.buffers = {}
-        size = math.prod(shape)
-        if size * np.dtype(dtype).itemsize > self.KEEP_BYTES:
-            array = np.empty(shape, dtype=dtype)
-            return array, array.ctypes.data
-        kept = buffers.get(name)
-        if kept is None or kept[0].size < size:
-            grown = min(max(size, 2 * (0 if kept is None else kept[0].size)), self.KEEP_BYTES // np.dtype(dtype).itemsize)
-            array = np.empty(grown, dtype=dtype)
-            kept = buffers[name] = (array, array.ctypes.data)
-        return kept[0][:size].reshape(shape), kept[1]
 
 
 def _up(x: np.ndarray) -> np.ndarray:
@@ -551,7 +560,7 @@ class GRUSteps:
             self.cells.append((source, offsets[layer - 1] if layer else 0, cell.input_size, *weights, cell.hidden_size,
                                offsets[layer]))
         self._work_floats = 6 * self.ROWS_AT_ONCE * max(model.layer_sizes)
-        self._scratch = threading.local()
+        self.scratch = Scratch(4 * self._work_floats)
 
     def _pointers(self, *tensors: Tensor) -> list[int]:
         kept = [t.detach().contiguous() for t in tensors]
@@ -567,7 +576,8 @@ class GRUSteps:
             raise ValueError(f"GRUSteps: rows {rows.dtype} {rows.shape} and items {items.dtype} {items.shape}")
         rows, items = np.ascontiguousarray(rows), np.ascontiguousarray(items)
         B, n_s, ld = len(rows), len(states), self.state_size
-        S, srows, item_ptr, work = states.ctypes.data, rows.ctypes.data, items.ctypes.data, self._work()
+        work_array, work = self.scratch.get("work", (self._work_floats,), np.float32)  # held until the calls return
+        S, srows, item_ptr = states.ctypes.data, rows.ctypes.data, items.ctypes.data
         failed = False
         if self.onehot is not None:
             Wx, bias, Wrz, Wh, H = self.onehot
@@ -580,10 +590,3 @@ class GRUSteps:
             failed = failed or self.lib.g4r_gru_rows(X, ldx, xrows, n_x, K, WiT, bi, WhT, bh, H, S, ld, offset, srows, n_s, B, work) < 0
         if failed:
             raise IndexError(f"GRUSteps: an item outside [0, {self.n_items}) or a row outside [0, {n_s})")
-
-    def _work(self) -> int:
-        """This thread's scratch for the kernels."""
-        buffer = getattr(self._scratch, "buffer", None)
-        if buffer is None:
-            buffer = self._scratch.buffer = np.empty(self._work_floats, dtype=np.float32)
-        return buffer.ctypes.data
