@@ -767,10 +767,10 @@ int64_t g4r_refine(const float *restrict A, const float *restrict nrm, const flo
         float *v = vals + s * k;
         int64_t *ix = idx + s * k;
         topk_row(a, N, k, kv, kix);
-        /* the largest bound of the k best approximate scores (whose |a| is at most the larger end's) */
-        const float R = (qa * nmax + qh * cmax + betamax) * 1.0001f + 1e-6f * fmaxf(fabsf(kv[0]), fabsf(kv[k - 1]));
-        const float floor = kv[k - 1] - R; /* -inf when fewer than k items are left */
         const float largest = qa * nmax + qh * cmax + betamax; /* no item's bound is larger */
+        /* the largest bound of the k best approximate scores (whose |a| is at most the larger end's) */
+        const float R = largest * 1.0001f + 1e-6f * fmaxf(fabsf(kv[0]), fabsf(kv[k - 1]));
+        const float floor = kv[k - 1] - R; /* -inf when fewer than k items are left */
         int64_t n = 0, j = 0;
         for (; j + 16 <= N; j += 16) {
             float m = -INFINITY;
