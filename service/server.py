@@ -19,6 +19,7 @@ import uvicorn
 
 from gru4rec.foundation.errors import UserError
 from gru4rec.model.checkpoint import read_metadata
+from service.http_protocol import JoinedWritesProtocol
 from service.settings import Settings
 
 log = logging.getLogger("gru4rec.serve")
@@ -76,7 +77,8 @@ def serve(model_dir: str | None, host: str, port: int, workers: int = 1, access_
     )
     level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
     os.environ.setdefault("GRU4REC_LOG_LEVEL", level)
-    options = dict(host=host, port=port, log_config=None, log_level=level, access_log=access_log)
+    options = dict(host=host, port=port, log_config=None, log_level=level, access_log=access_log,
+                   http=JoinedWritesProtocol)
     if workers == 1:
         from service.app import create_app
 
