@@ -17,17 +17,19 @@ new session to the caller, which logs it and overwrites it; it never fails a req
 
 from __future__ import annotations
 
-import asyncio
+import hashlib
 import logging
 import os
 import struct
 import time
 from collections import OrderedDict
 
+import hiredis
 import numpy as np
 import orjson
 
 from service.errors import SessionStoreError
+from service.redis_channel import RedisChannel, RedisUnavailable
 from service.sessions import MISSING, Entry, SessionState, SessionStore
 
 log = logging.getLogger(__name__)
@@ -69,66 +71,38 @@ return {3}
 """
 
 
-class _Pipelined:
-    """Scripts called by the requests of one pass of the event loop go to Redis together, as one
-    pipeline: one write and one read of all the replies instead of one of each per request. In a busy
-    server a batch of requests finishes its model work at once and every one of them then writes its
-    session, so this saves most of the system calls (each one a trip through the kernel's network
-    stack for this process and for Redis). Each script still runs atomically on its own; a single
-    call goes out as it is."""
+_DELETE = """
+local n = redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return n
+"""
 
-    def __init__(self, client) -> None:
-        self._client = client
-        self._waiting: list[tuple[object, list, list, asyncio.Future]] = []
-        self._sending: set[asyncio.Task] = set()  # referenced until done (the loop keeps only weak ones)
+_SIZE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+return redis.call('ZCARD', KEYS[1])
+"""
 
-    def __call__(self, script, keys: list, args: list) -> asyncio.Future:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._waiting.append((script, keys, args, future))
-        if len(self._waiting) == 1:  # after the callbacks already due: the other requests of this pass
-            loop.call_soon(self._send)
-        return future
 
-    def _send(self) -> None:
-        calls, self._waiting = self._waiting, []
-        task = asyncio.ensure_future(self._run(calls))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
+class _Script:
+    """A Lua script, run by its SHA1 once Redis has it (EVAL, which also caches it, when not)."""
 
-    async def _run(self, calls: list) -> None:
+    def __init__(self, source: str) -> None:
+        self.source = source.strip()
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+    async def __call__(self, redis: RedisChannel, keys: list, args: list):
         try:
-            if len(calls) == 1:
-                script, keys, args, _ = calls[0]
-                replies = [await script(keys=keys, args=args)]
-            else:
-                replies = await self._pipeline(calls)
-        except BaseException as exc:  # the connection failed: every caller gets the error
-            for *_, future in calls:
-                if not future.done():
-                    future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for (*_, future), reply in zip(calls, replies, strict=True):
-            if not future.done():  # its request may have been cancelled meanwhile
-                if isinstance(reply, Exception):
-                    future.set_exception(reply)
-                else:
-                    future.set_result(reply)
+            reply = await redis.call("EVALSHA", self.sha, len(keys), *keys, *args)
+            if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
+                reply = await redis.call("EVAL", self.source, len(keys), *keys, *args)  # Redis restarted or flushed
+        except RedisUnavailable as exc:
+            raise SessionStoreError(f"Redis: {exc}") from None
+        if isinstance(reply, hiredis.ReplyError):
+            raise SessionStoreError(f"Redis: {reply}")
+        return reply
 
-    async def _pipeline(self, calls: list) -> list:
-        from redis.exceptions import NoScriptError
 
-        async with self._client.pipeline(transaction=False) as pipe:
-            for script, keys, args, _ in calls:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-            replies = await pipe.execute(raise_on_error=False)
-        for i, reply in enumerate(replies):
-            if isinstance(reply, NoScriptError):  # Redis restarted or flushed its scripts: load, then run again
-                script, keys, args, _ = calls[i]
-                replies[i] = await script(keys=keys, args=args)
-        return replies
+_read, _write, _delete, _size = map(_Script, (_READ, _WRITE, _DELETE, _SIZE))
 
 
 def encode(state: SessionState) -> bytes:
@@ -177,30 +151,21 @@ def _wrong_type(kind: bytes | str) -> Entry:
 
 
 class RedisSessionStore(SessionStore):
-    """The Redis store; every method is a single round trip."""
+    """The Redis store; every method is a single script, so a single round trip."""
 
     kind = "redis"
     CACHE_SIZE = 20_000  # sessions whose last record this process remembers
 
-    def __init__(self, url: str, ttl_s: float, prefix: str = "gru4rec:", client=None) -> None:
-        import redis
-        import redis.asyncio
-
-        self._errors = redis.RedisError
+    def __init__(self, url: str, ttl_s: float, prefix: str = "gru4rec:", timeout_s: float = 5.0) -> None:
         self.url = url
         self.ttl_s = ttl_s
         self.ttl_ms = max(1, int(ttl_s * 1000))
         self.prefix = prefix
         self._index = f"{prefix}sessions"
         try:
-            self._client = client or redis.asyncio.Redis.from_url(
-                url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30
-            )
+            self._redis = RedisChannel(url, timeout_s=timeout_s)
         except ValueError as exc:
             raise SessionStoreError(f"GRU4REC_REDIS_URL {url!r}: {exc}") from None
-        self._read = self._client.register_script(_READ)
-        self._write = self._client.register_script(_WRITE)
-        self._call = _Pipelined(self._client)
         self._recent: OrderedDict[str, Entry] = OrderedDict()
 
     def _key(self, session_id: str) -> str:
@@ -209,14 +174,16 @@ class RedisSessionStore(SessionStore):
     async def check(self) -> None:
         """Fail loudly (at start-up) if Redis cannot be reached."""
         try:
-            await self._client.ping()
-        except self._errors as exc:
+            reply = await self._redis.call("PING")
+        except RedisUnavailable as exc:
             raise SessionStoreError(f"cannot reach Redis at {self.url}: {exc}") from None
+        if isinstance(reply, hiredis.ReplyError):
+            raise SessionStoreError(f"cannot use Redis at {self.url}: {reply}")
 
     async def ping(self) -> bool:
         try:
-            return bool(await self._client.ping())
-        except self._errors:
+            return await self._redis.call("PING") == b"PONG"
+        except RedisUnavailable:
             return False
 
     async def read(self, session_id: str, touch: bool = False) -> Entry:
@@ -225,10 +192,7 @@ class RedisSessionStore(SessionStore):
             if remembered is not None:
                 return remembered
         args = [self.ttl_ms, time.time() + self.ttl_s, session_id] if touch else ["0"]
-        try:
-            reply = await self._call(self._read, [self._key(session_id), self._index], args)
-        except self._errors as exc:
-            raise SessionStoreError(f"Redis: {exc}") from None
+        reply = await _read(self._redis, [self._key(session_id), self._index], args)
         if reply[0] == 0:
             return MISSING
         return _entry(reply[1]) if reply[0] == 1 else _wrong_type(reply[1])
@@ -238,10 +202,10 @@ class RedisSessionStore(SessionStore):
         token = b"" if expected.token is None else expected.token
         args = [token, record, self.ttl_ms, time.time() + self.ttl_s, session_id]
         try:
-            reply = await self._call(self._write, [self._key(session_id), self._index], args)
-        except self._errors as exc:
+            reply = await _write(self._redis, [self._key(session_id), self._index], args)
+        except SessionStoreError:
             self._recent.pop(session_id, None)
-            raise SessionStoreError(f"Redis: {exc}") from None
+            raise
         if reply[0] == 3:
             self._remember(session_id, Entry(state, record[:TOKEN_BYTES]))
             return None
@@ -261,26 +225,13 @@ class RedisSessionStore(SessionStore):
 
     async def delete(self, session_id: str) -> bool:
         self._recent.pop(session_id, None)
-        try:
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.delete(self._key(session_id))
-                pipe.zrem(self._index, session_id)
-                deleted, _ = await pipe.execute()
-            return bool(deleted)
-        except self._errors as exc:
-            raise SessionStoreError(f"Redis: {exc}") from None
+        return bool(await _delete(self._redis, [self._key(session_id), self._index], [session_id]))
 
     async def size(self) -> int:
-        try:
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.zremrangebyscore(self._index, "-inf", time.time())
-                pipe.zcard(self._index)
-                return int((await pipe.execute())[1])
-        except self._errors as exc:
-            raise SessionStoreError(f"Redis: {exc}") from None
+        return int(await _size(self._redis, [self._index], [time.time()]))
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._redis.close()
 
 
 def check_reachable(url: str) -> None:

@@ -16,6 +16,7 @@ from service.batcher import Batcher
 from service.engine import load_bundle
 from service.metrics import Metrics
 from service.recommender import Filters, Recommender
+from service.redis_channel import RedisChannel
 from service.redis_store import RedisSessionStore, decode, encode
 from service.sessions import MISSING, MemorySessionStore, SessionState, SessionStoreError, make_store
 
@@ -163,25 +164,26 @@ def test_redis_store_roundtrip_ttl_and_conditional_write(redis_prefix):
     asyncio.run(run())
 
 
-def test_calls_of_one_loop_pass_share_a_pipeline_and_keep_their_own_answers(redis_prefix, monkeypatch):
-    """Reads and conditional writes issued together go to Redis as one pipeline; each caller still gets
-    its own reply, a refused write included, and scripts Redis has forgotten are loaded again."""
-    import redis.asyncio.client
+def test_calls_of_one_loop_pass_share_a_write_and_keep_their_own_answers(redis_prefix, monkeypatch):
+    """Reads and conditional writes issued together go to Redis in one write to the socket; each caller
+    still gets its own reply, a refused write included, and scripts Redis has forgotten are loaded again."""
+    from service import redis_channel
 
-    executed = []
-    execute = redis.asyncio.client.Pipeline.execute
+    flushed = []
+    flush = redis_channel._Resp._flush
 
-    async def counting(self, *args, **kwargs):
-        executed.append(len(self.command_stack))
-        return await execute(self, *args, **kwargs)
+    def counting(self):
+        flushed.append(len(self._outgoing))
+        flush(self)
 
-    monkeypatch.setattr(redis.asyncio.client.Pipeline, "execute", counting)
+    monkeypatch.setattr(redis_channel._Resp, "_flush", counting)
 
     async def run() -> None:
         store = RedisSessionStore(REDIS_URL, ttl_s=30, prefix=redis_prefix)
         other = RedisSessionStore(REDIS_URL, ttl_s=30, prefix=redis_prefix)
+        await asyncio.gather(store.check(), other.check())
         await asyncio.gather(*(store.write(f"s{j}", state(n=j + 1), MISSING) for j in range(6)))
-        assert executed == [6]
+        assert flushed[-1] == 6
         stale = await other.read("s0")
         assert await other.write("s0", state(n=7), stale) is None
         redis_client().script_flush()  # as after a Redis restart
@@ -193,7 +195,8 @@ def test_calls_of_one_loop_pass_share_a_pipeline_and_keep_their_own_answers(redi
         assert replies[0] is not None and replies[0].state.n_clicks == 7  # refused, with the current record
         assert replies[1] is None
         assert [r.state.n_clicks for r in replies[2:4]] == [3, 4] and replies[4] == MISSING
-        assert executed[-2:] == [2, 3]  # the two writes together, the three reads together
+        # EVALSHA of the two writes together, then their EVALs (NOSCRIPT), the same for the three reads
+        assert sorted(flushed[-4:]) == [2, 2, 3, 3]
         assert (await other.read("s1", touch=True)).state.n_clicks == 9
         for s in (store, other):
             await s.close()
@@ -201,18 +204,17 @@ def test_calls_of_one_loop_pass_share_a_pipeline_and_keep_their_own_answers(redi
     asyncio.run(run())
 
 
-def test_a_failed_pipeline_fails_every_caller_with_a_store_error(redis_prefix):
+def test_a_failed_connection_fails_every_caller_with_a_store_error():
     async def run() -> list:
-        store = RedisSessionStore(REDIS_URL, ttl_s=30, prefix=redis_prefix)
-        store._client.connection_pool.connection_kwargs.update(port=1)  # where no Redis listens
+        store = RedisSessionStore("redis://127.0.0.1:1/0", ttl_s=30)  # where no Redis listens
         try:
             return await asyncio.gather(*(store.write(f"s{j}", state(), MISSING) for j in range(3)), store.read("s9"),
-                                        return_exceptions=True)
+                                        store.size(), store.delete("s1"), return_exceptions=True)
         finally:
             await store.close()
 
     for outcome in asyncio.run(run()):
-        assert isinstance(outcome, SessionStoreError) and "Redis" in str(outcome)
+        assert isinstance(outcome, SessionStoreError) and "Redis: 127.0.0.1:1:" in str(outcome)
 
 
 def test_concurrent_clicks_through_several_redis_stores_are_not_lost(redis_prefix, bundle):
@@ -275,8 +277,7 @@ def test_unreachable_redis_fails_start_up_loudly():
 def test_redis_outage_is_503_for_stateful_requests_only(redis_prefix):
     with client(model_a(), redis_url=REDIS_URL, redis_prefix=redis_prefix) as api:
         store = api.app.state.store
-        store._client.connection_pool.connection_kwargs.update(port=1)  # where no Redis listens
-        store._client.connection_pool.reset()
+        store._redis = RedisChannel("redis://127.0.0.1:1/0")  # as if Redis had gone away
         r = api.post("/v1/sessions/o-1/events", json={"item_id": "1001"})
         assert r.status_code == 503 and r.headers["retry-after"] == "1" and "Redis" in r.json()["detail"]
         assert api.post("/v1/recommend", json={"items": ["1001"]}).status_code == 200
@@ -345,16 +346,14 @@ def test_app_evicts_least_recent_sessions():
 def test_a_click_on_a_session_this_process_wrote_last_is_one_redis_round_trip(redis_prefix, monkeypatch):
     """The usual click (the session's previous click came to this process) costs one command to Redis:
     the compare-and-set script, with no read before it."""
-    import redis.asyncio
-
     commands = []
-    execute = redis.asyncio.Redis.execute_command
+    call = RedisChannel.call
 
-    async def counting(self, *args, **options):
-        commands.append(args[0])
-        return await execute(self, *args, **options)
+    async def counting(self, *command):
+        commands.append(command[0])
+        return await call(self, *command)
 
-    monkeypatch.setattr(redis.asyncio.Redis, "execute_command", counting)
+    monkeypatch.setattr(RedisChannel, "call", counting)
     with client(model_a(), redis_url=REDIS_URL, redis_prefix=redis_prefix) as api:
         assert api.post("/v1/sessions/rt-1/events", json={"item_id": "1010"}).status_code == 200
         commands.clear()
