@@ -70,7 +70,6 @@ redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
 return {3}
 """
 
-
 _DELETE = """
 local n = redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
@@ -84,7 +83,8 @@ return redis.call('ZCARD', KEYS[1])
 
 
 class _Script:
-    """A Lua script, run by its SHA1 once Redis has it (EVAL, which also caches it, when not)."""
+    """A Lua script, run by its SHA1; loaded (SCRIPT LOAD, kept until Redis restarts or flushes its
+    scripts) when Redis answers NOSCRIPT, then run again."""
 
     def __init__(self, source: str) -> None:
         self.source = source.strip()
@@ -94,7 +94,10 @@ class _Script:
         try:
             reply = await redis.call("EVALSHA", self.sha, len(keys), *keys, *args)
             if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
-                reply = await redis.call("EVAL", self.source, len(keys), *keys, *args)  # Redis restarted or flushed
+                loaded = await redis.call("SCRIPT", "LOAD", self.source)
+                if isinstance(loaded, hiredis.ReplyError):
+                    raise SessionStoreError(f"Redis: cannot load a session script: {loaded}")
+                reply = await redis.call("EVALSHA", self.sha, len(keys), *keys, *args)
         except RedisUnavailable as exc:
             raise SessionStoreError(f"Redis: {exc}") from None
         if isinstance(reply, hiredis.ReplyError):
