@@ -56,6 +56,9 @@ def test_concurrent_calls_get_their_own_replies_in_one_write_per_loop_pass(key_p
             assert isinstance(error, hiredis.ReplyError) and "not an integer" in str(error)
         assert await asyncio.gather(*more) == [len(f"v{j}") for j in range(200)]
         assert await channel.call("PING") == b"PONG"  # and the connection goes on
+        with pytest.raises(TypeError):
+            channel._protocol.send(("SET", f"{key_prefix}x", None))  # refused before it was queued...
+        assert await channel.call("ECHO", "next") == b"next"  # ...so the next reply is still the next caller's
 
     run(body)
 
@@ -166,8 +169,8 @@ def private_redis(tmp_path):
     def start(*args: str) -> None:
         server = shutil.which("redis-server")
         assert server, "redis-server is not installed: run `make redis`"
-        proc = subprocess.Popen([server, "--port", "0", "--save", "", "--appendonly", "no", "--dir", str(tmp_path), *args],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        command = [server, "--port", "0", "--save", "", "--appendonly", "no", "--dir", str(tmp_path), *args]
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         servers.append(proc)
         deadline = time.monotonic() + 10
         for line in proc.stdout:
