@@ -167,7 +167,7 @@ class RedisSessionStore(SessionStore):
         self._index = f"{prefix}sessions"
         try:
             self._redis = RedisChannel(url, timeout_s=timeout_s)
-        except ValueError as exc:
+        except (ValueError, OSError) as exc:  # a URL redis-py refuses; TLS files that cannot be read
             raise SessionStoreError(f"GRU4REC_REDIS_URL {url!r}: {exc}") from None
         self._recent: OrderedDict[str, Entry] = OrderedDict()
 

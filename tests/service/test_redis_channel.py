@@ -119,9 +119,16 @@ def test_a_busy_but_answering_redis_is_not_timed_out(key_prefix):
     run(with_a_connection)
 
 
-def test_unreachable_and_malformed_urls_are_clear_errors():
-    with pytest.raises(ValueError):
-        RedisChannel("http://localhost:6379/0")
+def test_unreachable_and_malformed_urls_are_clear_errors(tmp_path):
+    from service.redis_store import RedisSessionStore
+    from service.sessions import SessionStoreError
+
+    with pytest.raises(SessionStoreError, match="GRU4REC_REDIS_URL 'http://localhost:6379/0': "):
+        RedisSessionStore("http://localhost:6379/0", ttl_s=60)
+    with pytest.raises(SessionStoreError, match="GRU4REC_REDIS_URL 'rediss://.*ssl_cert_reqs must be"):
+        RedisSessionStore("rediss://localhost:6379/0?ssl_cert_reqs=maybe", ttl_s=60)
+    with pytest.raises(SessionStoreError, match="No such file"):
+        RedisSessionStore(f"rediss://localhost:6379/0?ssl_ca_certs={tmp_path / 'missing.pem'}", ttl_s=60)
 
     async def unreachable():
         channel = RedisChannel("redis://127.0.0.1:1/0", timeout_s=2)
