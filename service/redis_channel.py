@@ -1,10 +1,11 @@
 """One pipelined connection to Redis, for the session store's scripts.
 
 Why not redis-py's asyncio client, which the store used before: every click calls a Lua script or two,
-and redis-py's layers in Python (pipeline, retry, events, connection pool) made each call cost 148-172
-µs of the caller's CPU one at a time and 112 four at a time (a Zen 4 core). Here the Redis protocol is
-packed and parsed by hiredis (the Redis project's C library) and this module is only the asyncio glue:
-63-74 µs one at a time, 25 four at a time, on the same core and the same script:
+and redis-py's layers in Python (pipeline, retry, events, connection pool) cost 120-147 µs of the
+caller's CPU per call one at a time and 73-96 four at a time, its parser being hiredis already. Here
+the protocol is packed and parsed by hiredis (the Redis project's C library) and this module is only
+the asyncio glue: 55-58 µs one at a time, 18-21 four at a time (`benchmarks/redis_calls.py`, the same
+script alternated, a Zen 4 core):
 
 - one connection per process, opened on first use and again after a failure;
 - the commands issued during one pass of the event loop go out in one write, and commands are written
