@@ -39,7 +39,8 @@ class _JoiningTransport:
         held = self._held
         if held is not None:
             self._held = None
-            self._transport.write(held)
+            if not self._transport.is_closing():  # gone meanwhile: nobody to send it to (as asyncio's writes)
+                self._transport.write(held)
 
     def close(self) -> None:
         self.flush()
