@@ -14,7 +14,9 @@ Scenarios:
 (a) also runs with 2 workers sharing sessions through Redis (needs redis-server on localhost:6379).
 Each row also shows the server's CPU time per request (all its processes), its memory (RSS, all
 processes) and, from its /metrics, the mean batch size and the mean time a batch's first request
-waited (servers without those metrics show "-").
+waited (servers without those metrics show "-"), the load average after it, and the share of the
+machine's CPU time that the hypervisor gave to other guests during it (steal, from /proc/stat): on a
+shared virtual machine the same server is slower with longer tails while that is above zero.
 
 For a model served with the approximate top-k index, --overlap N then sends N session prefixes
 from the synthetic log twice, as served and with "exact": true, and prints the mean share of the
@@ -252,6 +254,7 @@ class Result:
     mean_wait_ms: float | None  # time a batch's first request waited before the batch ran
     server_rss_mb: float  # resident memory of the server (all processes) after the run
     load_avg: float  # the machine's 1-minute load average after the run (other work on a shared machine shows here)
+    steal_pct: float | None  # share of the machine's CPU time the hypervisor took during the run (Linux; a VM's neighbours)
 
 
 async def open_loop(port: int, requests: list[bytes], rate: float, connections: int) -> tuple[np.ndarray, np.ndarray, int, float]:
@@ -345,11 +348,11 @@ def measure(args, name: str, model_dir: Path, scenario: str, workers: int, use_r
         if args.rates:  # warm-up (threads, allocator, caches)
             run_point(server.port, scenario, items, min(250, args.rates[0]), 3.0, seed=1)
         for j, rate in enumerate(args.rates):
-            cpu_before, batches_before = server.cpu_seconds(), server.batch_counters()
+            cpu_before, batches_before, steal_before = server.cpu_seconds(), server.batch_counters(), steal_ticks()
             latency, service, errors, elapsed = run_point(server.port, scenario, items, rate, args.duration, seed=100 + j)
-            cpu, batches = server.cpu_seconds() - cpu_before, server.batch_counters()
+            cpu, batches, steal = server.cpu_seconds() - cpu_before, server.batch_counters(), steal_share(steal_before)
             results.append(result_row(name, items, scenario, workers, use_redis, rate, latency, service, errors, elapsed,
-                                      cpu, batches_before, batches, server.rss_mb()))
+                                      cpu, batches_before, batches, server.rss_mb(), steal))
             print(format_row(results[-1]), flush=True)
             time.sleep(0.5)
         if args.overlap and scenario == "click" and workers == 1:
@@ -366,8 +369,27 @@ def measure(args, name: str, model_dir: Path, scenario: str, workers: int, use_r
     return results
 
 
+def steal_ticks() -> tuple[int, int] | None:
+    """(steal, all) CPU ticks of the whole machine so far, from /proc/stat; None where there is none."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (ticks[7], sum(ticks[:8])) if len(ticks) >= 8 else None
+
+
+def steal_share(before: tuple[int, int] | None) -> float | None:
+    """Percent of the machine's CPU time since `before` that the hypervisor gave to other guests: on a
+    shared virtual machine the same code runs slower and with longer tails while this is high."""
+    after = steal_ticks()
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return 100 * (after[0] - before[0]) / (after[1] - before[1])
+
+
 def result_row(name, items, scenario, workers, use_redis, rate, latency, service, errors, elapsed, cpu,
-               before: dict, after: dict, rss_mb: float) -> Result:
+               before: dict, after: dict, rss_mb: float, steal_pct: float | None = None) -> Result:
     ok = latency[~np.isnan(latency)] * 1000
     pct = np.percentile(ok, [50, 90, 99]) if len(ok) else [float("nan")] * 3
     served = service[~np.isnan(service)] * 1000
@@ -383,7 +405,7 @@ def result_row(name, items, scenario, workers, use_redis, rate, latency, service
         max_ms=float(ok.max()) if len(ok) else float("nan"),
         service_p99_ms=float(np.percentile(served, 99)) if len(served) else float("nan"),
         server_cpu_us=cpu / max(len(latency), 1) * 1e6, mean_batch=mean_batch, mean_wait_ms=mean_wait,
-        server_rss_mb=rss_mb, load_avg=os.getloadavg()[0],
+        server_rss_mb=rss_mb, load_avg=os.getloadavg()[0], steal_pct=steal_pct,
     )
 
 
@@ -430,16 +452,17 @@ def overlap_report(port: int, name: str, model_dir: Path, n: int) -> str:
 
 
 HEADER = ("| model | items | scenario | workers | store | target req/s | achieved req/s | p50 ms | p90 ms | p99 ms "
-          "| max ms | p99 from send ms | server CPU µs/req | mean batch | batch wait ms | server RSS MB | errors | load avg |")
+          "| max ms | p99 from send ms | server CPU µs/req | mean batch | batch wait ms | server RSS MB | errors | load avg | steal % |")
 
 
 def format_row(r: Result) -> str:
     label = {"click": "(a) click event", "history": "(b) 10-item history"}[r.scenario]
     batch = "-" if r.mean_batch is None else f"{r.mean_batch:.2f}"
     wait = "-" if r.mean_wait_ms is None else f"{r.mean_wait_ms:.2f}"
+    steal = "-" if r.steal_pct is None else f"{r.steal_pct:.1f}"
     return (f"| {r.model} | {r.n_items} | {label} | {r.workers} | {r.store} | {r.rate:.0f} | {r.achieved_rps:.0f} | "
             f"{r.p50_ms:.2f} | {r.p90_ms:.2f} | {r.p99_ms:.2f} | {r.max_ms:.1f} | {r.service_p99_ms:.2f} | "
-            f"{r.server_cpu_us:.0f} | {batch} | {wait} | {r.server_rss_mb:.0f} | {r.errors} | {r.load_avg:.1f} |")
+            f"{r.server_cpu_us:.0f} | {batch} | {wait} | {r.server_rss_mb:.0f} | {r.errors} | {r.load_avg:.1f} | {steal} |")
 
 
 def main() -> int:
