@@ -17,6 +17,7 @@ new session to the caller, which logs it and overwrites it; it never fails a req
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -238,16 +239,13 @@ class RedisSessionStore(SessionStore):
 
 
 def check_reachable(url: str) -> None:
-    """A synchronous ping, for `gru4rec serve` before it starts any worker."""
-    import redis
+    """Ping Redis the way the workers will reach it, for `gru4rec serve` before it starts any worker."""
 
-    try:
-        client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-    except ValueError as exc:
-        raise SessionStoreError(f"GRU4REC_REDIS_URL {url!r}: {exc}") from None
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        raise SessionStoreError(f"cannot reach Redis at {url}: {exc}") from None
-    finally:
-        client.close()
+    async def ping() -> None:
+        store = RedisSessionStore(url, ttl_s=1)
+        try:
+            await store.check()
+        finally:
+            await store.close()
+
+    asyncio.run(ping())
