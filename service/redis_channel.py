@@ -5,7 +5,7 @@ and redis-py's layers in Python (pipeline, retry, events, connection pool) cost 
 caller's CPU per call one at a time and 73-96 four at a time, its parser being hiredis already. Here
 the protocol is packed and parsed by hiredis (the Redis project's C library) and this module is only
 the asyncio glue: 55-58 µs one at a time, 18-21 four at a time (`benchmarks/redis_calls.py`, the same
-script alternated, a Zen 4 core):
+script alternated, on an AMD EPYC Zen 4 core):
 
 - one connection per process, opened on first use and again after a failure;
 - the commands issued during one pass of the event loop go out in one write, and commands are written
@@ -26,6 +26,7 @@ import ssl
 from collections import deque
 
 import hiredis
+from redis.connection import SSLConnection, parse_url
 
 
 class RedisUnavailable(Exception):
@@ -125,8 +126,6 @@ class RedisChannel:
     """Calls to Redis over one pipelined connection (see the module docstring)."""
 
     def __init__(self, url: str, timeout_s: float = 5.0) -> None:
-        from redis.connection import SSLConnection, parse_url
-
         self.url = url
         self.timeout_s = timeout_s
         options = parse_url(url)  # ValueError for a URL redis-py would refuse
