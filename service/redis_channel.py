@@ -26,7 +26,6 @@ import ssl
 from collections import deque
 
 import hiredis
-from redis.connection import SSLConnection, parse_url
 
 
 class RedisUnavailable(Exception):
@@ -126,6 +125,8 @@ class RedisChannel:
     """Calls to Redis over one pipelined connection (see the module docstring)."""
 
     def __init__(self, url: str, timeout_s: float = 5.0) -> None:
+        from redis.connection import SSLConnection, parse_url  # here: importing redis-py takes ~80 ms
+
         self.url = url
         self.timeout_s = timeout_s
         options = parse_url(url)  # ValueError for a URL redis-py would refuse
