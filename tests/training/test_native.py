@@ -3,6 +3,7 @@ build cache, and the fallback when they cannot be built."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -91,6 +92,35 @@ def test_blocked_product_matches_torch_on_views(M, K, N):
         native.matmul(A.double(), B.double())
     with pytest.raises(ValueError):
         native.matmul(A, torch.randn(K + 1, N))
+
+
+def test_a_timed_product_choice_is_remembered_so_runs_repeat_bit_for_bit(tmp_path, monkeypatch):
+    """The first timing on a machine decides, for every later run and process (a resumed run takes the
+    same products as the one it continues, however busy the machine is when it starts)."""
+    monkeypatch.delenv("GRU4REC_NATIVE_MM", raising=False)
+    path = tmp_path / "products.json"
+    monkeypatch.setattr(native, "_product_choices", lambda: choices)
+    choices = native.ProductChoices(path)
+    A, B = torch.randn(6, 8), torch.randn(8, 5)
+    first = native._choose_mm(A, B, "test")
+    (key, saved), = json.loads(path.read_text()).items()
+    assert "test: (6, 8) (8, 1) @ (8, 5) (5, 1)" in key and saved == ("blocked" if first is native.matmul else "pytorch")
+    other = "pytorch" if saved == "blocked" else "blocked"
+    path.write_text(json.dumps({key: other}))  # as if another process had timed it the other way first
+    choices = native.ProductChoices(path)
+
+    def no_timing():
+        raise AssertionError("a remembered choice is not timed again")
+
+    monkeypatch.setattr(native.time, "perf_counter", no_timing)
+    assert native._choose_mm(A, B, "test") is (native.matmul if other == "blocked" else torch.mm)
+    path.write_text("{}")
+    late = native.ProductChoices(path)  # read before another process remembered its choice...
+    path.write_text(json.dumps({key: saved}))
+    late.put(key, other)  # ...which is kept: the first one wins
+    assert json.loads(path.read_text()) == {key: saved}
+    path.write_text("{not json")
+    assert native.ProductChoices(path).get(key) is None  # unreadable: timed again
 
 
 @pytest.mark.parametrize("setting, expected", [("1", "matmul"), ("0", "mm"), ("auto", None)])

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import json
 import logging
 import math
 import os
@@ -310,12 +311,21 @@ class ProductChoice:
 
 
 def _choose_mm(A: Tensor, B: Tensor, part: str) -> Callable[[Tensor, Tensor], Tensor]:
-    """torch.mm or matmul, whichever computes A @ B faster here (GRU4REC_NATIVE_MM=1/0 forces it)."""
+    """torch.mm or matmul, whichever computes A @ B faster here (GRU4REC_NATIVE_MM=1/0 forces it).
+
+    The two round differently, so the choice is timed once per machine and product (shapes, strides,
+    threads) and remembered beside the compiled library (`ProductChoices`): a run resumed in a new
+    process, or the same run repeated, then takes the same products as the first and gives the same
+    numbers bit for bit, however busy the machine was when each one started."""
     forced = os.environ.get("GRU4REC_NATIVE_MM", "auto").strip().lower()
     if forced in ("1", "true", "yes", "on"):
         return matmul
     if forced in ("0", "false", "no", "off"):
         return torch.mm
+    key = f"{part}: {tuple(A.shape)} {A.stride()} @ {tuple(B.shape)} {B.stride()}, {torch.get_num_threads()} threads"
+    remembered = _product_choices().get(key)
+    if remembered is not None:
+        return matmul if remembered == "blocked" else torch.mm
     timings = {}
     for mm in (torch.mm, matmul, torch.mm, matmul):
         started = time.perf_counter()
@@ -324,10 +334,50 @@ def _choose_mm(A: Tensor, B: Tensor, part: str) -> Callable[[Tensor, Tensor], Te
         seconds = (time.perf_counter() - started) / 3
         timings[mm] = min(seconds, timings.get(mm, math.inf))
     chosen = matmul if timings[matmul] * MM_MARGIN < timings[torch.mm] else torch.mm
+    _product_choices().put(key, "blocked" if chosen is matmul else "pytorch")
     log.info("%s products: %s (%s @ %s: blocked kernel %.0f us, PyTorch %.0f us)", part,
              "the native blocked kernel" if chosen is matmul else "PyTorch's", tuple(A.shape), tuple(B.shape),
              timings[matmul] * 1e6, timings[torch.mm] * 1e6)
     return chosen
+
+
+class ProductChoices:
+    """Product choices by key, in a JSON file; a choice made elsewhere in the meantime is kept (the
+    first one wins), and the file is replaced whole, so a reader never sees half of it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._choices = self._read()
+
+    def _read(self) -> dict[str, str]:
+        try:
+            choices = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # none yet, or unreadable: timed again
+            return {}
+        return {k: v for k, v in choices.items() if v in ("blocked", "pytorch")} if isinstance(choices, dict) else {}
+
+    def get(self, key: str) -> str | None:
+        return self._choices.get(key)
+
+    def put(self, key: str, choice: str) -> None:
+        self._choices = {**self._read(), **self._choices}
+        self._choices.setdefault(key, choice)
+        tmp = None
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".products-", suffix=".json", dir=self.path.parent)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(self._choices, f, indent=1, sort_keys=True)
+            os.replace(tmp, self.path)
+        except OSError as exc:  # a read-only cache: the choice holds for this process only
+            log.debug("could not remember the product choice in %s (%s)", self.path, exc)
+        finally:
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+@cache
+def _product_choices() -> ProductChoices:
+    return ProductChoices(Path(library()._name).with_suffix(".products.json"))
 
 
 def adagrad_rows(
